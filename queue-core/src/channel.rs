@@ -1,0 +1,316 @@
+//! Channels: the tree of named queues with capacities, in Odoo's syntax
+//! `root:4,root.export:1,root.mail:2:sequential`.
+//!
+//! A job's channel is a dotted name under `root`. It runs under the nearest configured channel
+//! (itself or an ancestor), and starts only when that channel and every configured ancestor
+//! has a free slot: `root:4,root.export:1` runs at most four jobs, at most one of them an export.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// The channel every other channel descends from.
+pub const ROOT: &str = "root";
+
+/// Check that `name` is `root` or a dotted name under it, each part made of letters, digits,
+/// `_` or `-`.
+pub fn check_name(name: &str) -> Result<()> {
+    let mut parts = name.split('.');
+    let valid = parts.next() == Some(ROOT)
+        && parts.all(|part| {
+            !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        });
+    if valid { Ok(()) } else { Err(Error::ChannelName(name.to_owned())) }
+}
+
+/// The parent of a channel name (`root.export.eu` → `root.export`), `None` for `root`.
+pub fn parent(name: &str) -> Option<&str> {
+    name.rsplit_once('.').map(|(parent, _)| parent)
+}
+
+/// One configured channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Channel {
+    /// Full dotted name.
+    pub name: String,
+    /// How many of its jobs (its own and its sub-channels') may run at once.
+    pub capacity: usize,
+    /// Strict order: one job at a time, in order, a failed job blocks the channel.
+    pub sequential: bool,
+}
+
+/// A parsed channel configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelConfig {
+    channels: BTreeMap<String, Channel>,
+}
+
+/// Capacity of `root` when the configuration is empty (queue_job's default `root:1`).
+pub const DEFAULT_ROOT_CAPACITY: usize = 1;
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        let root = Channel { name: ROOT.into(), capacity: DEFAULT_ROOT_CAPACITY, sequential: false };
+        ChannelConfig { channels: BTreeMap::from([(ROOT.to_owned(), root)]) }
+    }
+}
+
+impl FromStr for ChannelConfig {
+    type Err = Error;
+
+    /// Parse `name[:capacity[:sequential]]` items separated by commas. A missing capacity is 1;
+    /// a missing `root` gets the sum of its configured children's capacities.
+    fn from_str(text: &str) -> Result<Self> {
+        let mut channels = BTreeMap::new();
+        for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let mut fields = token.split(':').map(str::trim);
+            let name = fields.next().unwrap_or_default();
+            check_name(name).map_err(|_| {
+                Error::ChannelConfig(format!(
+                    "expected a channel name like \"root\" or \"root.export\" in {token:?}, got {name:?}"
+                ))
+            })?;
+            let capacity = match fields.next() {
+                None => 1,
+                Some(cap) => match cap.parse::<usize>() {
+                    Ok(0) | Err(_) => {
+                        return Err(Error::ChannelConfig(format!(
+                            "expected channel capacity > 0 in {token:?}, got {cap:?}"
+                        )));
+                    }
+                    Ok(n) => n,
+                },
+            };
+            let mut sequential = false;
+            for option in fields {
+                match option {
+                    "sequential" => sequential = true,
+                    other => {
+                        return Err(Error::ChannelConfig(format!(
+                            "unknown channel option {other:?} in {token:?}; expected \"sequential\""
+                        )));
+                    }
+                }
+            }
+            let channel = Channel { name: name.to_owned(), capacity, sequential };
+            if channels.insert(name.to_owned(), channel).is_some() {
+                return Err(Error::ChannelConfig(format!("channel {name:?} is configured twice")));
+            }
+        }
+        if !channels.contains_key(ROOT) {
+            let sum: usize =
+                channels.values().filter(|c| parent(&c.name) == Some(ROOT)).map(|c| c.capacity).sum();
+            let root =
+                Channel { name: ROOT.into(), capacity: sum.max(DEFAULT_ROOT_CAPACITY), sequential: false };
+            channels.insert(ROOT.to_owned(), root);
+        }
+        Ok(ChannelConfig { channels })
+    }
+}
+
+impl fmt::Display for ChannelConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, channel) in self.channels.values().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{}:{}", channel.name, channel.capacity)?;
+            if channel.sequential {
+                f.write_str(":sequential")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ChannelConfig {
+    /// The configured channels, by name.
+    pub fn channels(&self) -> impl Iterator<Item = &Channel> {
+        self.channels.values()
+    }
+
+    /// Capacity of a configured channel.
+    pub fn capacity(&self, name: &str) -> Option<usize> {
+        self.channels.get(name).map(|c| c.capacity)
+    }
+
+    /// Total number of jobs that may run at once: the capacity of `root`.
+    pub fn total_capacity(&self) -> usize {
+        self.capacity(ROOT).unwrap_or(DEFAULT_ROOT_CAPACITY)
+    }
+
+    /// The configured channel a job of channel `name` runs under: itself or its nearest
+    /// configured ancestor (`root` at worst).
+    pub fn node_for<'a>(&'a self, name: &'a str) -> &'a str {
+        let mut current = name;
+        loop {
+            if let Some((key, _)) = self.channels.get_key_value(current) {
+                return key;
+            }
+            match parent(current) {
+                Some(up) => current = up,
+                None => return ROOT,
+            }
+        }
+    }
+
+    /// The configured channels strictly below `node` whose own subtree is not inside another
+    /// configured channel below `node`: the names a claim for `node` must leave out.
+    pub fn configured_children(&self, node: &str) -> Vec<&str> {
+        self.channels
+            .keys()
+            .filter(|name| name.as_str() != node && self.node_for(parent(name).unwrap_or(ROOT)) == node)
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// The configured ancestors of a configured channel, nearest first, itself included.
+    fn chain<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Channel> + 'a {
+        std::iter::successors(Some(node), |n| parent(n)).filter_map(|n| self.channels.get(n))
+    }
+}
+
+/// In-process count of running jobs per configured channel, checked against capacities.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelLoad {
+    running: BTreeMap<String, usize>,
+}
+
+impl ChannelLoad {
+    /// Slots free for one more job under configured channel `node`: the smallest margin left
+    /// by `node` and its configured ancestors.
+    pub fn free(&self, config: &ChannelConfig, node: &str) -> usize {
+        config
+            .chain(node)
+            .map(|c| c.capacity.saturating_sub(self.running_under(config, &c.name)))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Record that a job started under configured channel `node`.
+    pub fn start(&mut self, node: &str) {
+        *self.running.entry(node.to_owned()).or_default() += 1;
+    }
+
+    /// Record that a job under configured channel `node` finished.
+    pub fn finish(&mut self, node: &str) {
+        if let Some(n) = self.running.get_mut(node) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Jobs running in `node` and all configured channels below it.
+    pub fn running_under(&self, config: &ChannelConfig, node: &str) -> usize {
+        self.running
+            .iter()
+            .filter(|(name, _)| config.chain(name).any(|c| c.name == node))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Jobs running in total.
+    pub fn total(&self) -> usize {
+        self.running.values().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> ChannelConfig {
+        text.parse().expect("valid configuration")
+    }
+
+    #[test]
+    fn parses_odoo_syntax() {
+        let c = config("root:4,root.export:1,root.mail:2:sequential");
+        assert_eq!(c.capacity("root"), Some(4));
+        assert_eq!(c.capacity("root.export"), Some(1));
+        assert!(c.channels().any(|ch| ch.name == "root.mail" && ch.sequential));
+        assert_eq!(c.to_string(), "root:4,root.export:1,root.mail:2:sequential");
+    }
+
+    #[test]
+    fn defaults() {
+        assert_eq!(ChannelConfig::default().total_capacity(), 1);
+        assert_eq!(config("").total_capacity(), 1);
+        assert_eq!(config("root.a:2,root.b:3").total_capacity(), 5);
+        assert_eq!(config("root, root.x").capacity("root.x"), Some(1));
+    }
+
+    #[test]
+    fn errors_name_the_bad_token() {
+        let cases = [
+            (
+                "root:0",
+                r#"invalid channel configuration: expected channel capacity > 0 in "root:0", got "0""#,
+            ),
+            (
+                "root:4,root.export:x",
+                r#"invalid channel configuration: expected channel capacity > 0 in "root.export:x", got "x""#,
+            ),
+            (
+                "export:1",
+                r#"invalid channel configuration: expected a channel name like "root" or "root.export" in "export:1", got "export""#,
+            ),
+            (
+                "root:1:fast",
+                r#"invalid channel configuration: unknown channel option "fast" in "root:1:fast"; expected "sequential""#,
+            ),
+            ("root:1,root:2", r#"invalid channel configuration: channel "root" is configured twice"#),
+            (
+                "root..a:1",
+                r#"invalid channel configuration: expected a channel name like "root" or "root.export" in "root..a:1", got "root..a""#,
+            ),
+        ];
+        for (text, message) in cases {
+            let err = text.parse::<ChannelConfig>().expect_err(text);
+            assert_eq!(err.to_string(), message);
+        }
+    }
+
+    #[test]
+    fn jobs_run_under_the_nearest_configured_channel() {
+        let c = config("root:4,root.export:1,root.export.eu.big:1");
+        assert_eq!(c.node_for("root"), "root");
+        assert_eq!(c.node_for("root.mail"), "root");
+        assert_eq!(c.node_for("root.export"), "root.export");
+        assert_eq!(c.node_for("root.export.eu"), "root.export");
+        assert_eq!(c.node_for("root.export.eu.big.x"), "root.export.eu.big");
+        assert_eq!(c.configured_children("root"), vec!["root.export"]);
+        assert_eq!(c.configured_children("root.export"), vec!["root.export.eu.big"]);
+        assert!(c.configured_children("root.export.eu.big").is_empty());
+    }
+
+    #[test]
+    fn capacity_holds_for_a_channel_and_its_ancestors() {
+        let c = config("root:3,root.export:1");
+        let mut load = ChannelLoad::default();
+        assert_eq!(load.free(&c, "root.export"), 1);
+        load.start("root.export");
+        assert_eq!(load.free(&c, "root.export"), 0);
+        assert_eq!(load.free(&c, "root"), 2);
+        load.start("root");
+        load.start("root");
+        assert_eq!(load.free(&c, "root"), 0);
+        assert_eq!(load.running_under(&c, "root"), 3);
+        load.finish("root");
+        assert_eq!(load.free(&c, "root"), 1);
+        assert_eq!(load.free(&c, "root.export"), 0, "root.export is still full");
+        load.finish("root.export");
+        assert_eq!(load.free(&c, "root.export"), 1);
+        assert_eq!(load.total(), 1);
+    }
+
+    #[test]
+    fn channel_names() {
+        assert!(check_name("root").is_ok());
+        assert!(check_name("root.export_2.eu-west").is_ok());
+        for bad in ["", "export", "root.", "root..x", "root.a b", "rooted"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

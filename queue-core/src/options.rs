@@ -1,0 +1,216 @@
+//! Job options: what a caller may set per call, what a function sets by default, and the
+//! library defaults (those of Odoo's `queue_job`).
+
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
+
+use crate::channel;
+use crate::error::{Error, Result};
+
+/// Priority of a job when neither the call nor the function sets one. Lower runs first.
+pub const DEFAULT_PRIORITY: i32 = 10;
+/// Retries allowed before a job becomes `failed`. `0` means retry forever.
+pub const DEFAULT_MAX_RETRIES: i32 = 5;
+/// Channel of a job when neither the call nor the function sets one.
+pub const DEFAULT_CHANNEL: &str = "root";
+/// Delay before a retry when the verdict and the function give none (queue_job: 10 minutes).
+pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(600);
+
+/// When a job may start: after a delay, or at a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eta {
+    /// This long after the call.
+    In(TimeDelta),
+    /// Not before this moment.
+    At(DateTime<Utc>),
+}
+
+impl Eta {
+    /// The moment this eta stands for, seen from `now`.
+    pub fn resolve(self, now: DateTime<Utc>) -> DateTime<Utc> {
+        match self {
+            Eta::In(delay) => now + delay,
+            Eta::At(at) => at,
+        }
+    }
+}
+
+impl From<TimeDelta> for Eta {
+    fn from(delay: TimeDelta) -> Self {
+        Eta::In(delay)
+    }
+}
+
+impl From<Duration> for Eta {
+    fn from(delay: Duration) -> Self {
+        Eta::In(TimeDelta::from_std(delay).unwrap_or(TimeDelta::MAX))
+    }
+}
+
+impl From<DateTime<Utc>> for Eta {
+    fn from(at: DateTime<Utc>) -> Self {
+        Eta::At(at)
+    }
+}
+
+impl From<NaiveDateTime> for Eta {
+    /// A naive datetime is taken as UTC.
+    fn from(at: NaiveDateTime) -> Self {
+        Eta::At(at.and_utc())
+    }
+}
+
+/// The defaults a job function declares with `#[job(...)]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FunctionDefaults {
+    /// Default channel of the function's jobs.
+    pub channel: Option<&'static str>,
+    /// Default priority of the function's jobs.
+    pub priority: Option<i32>,
+    /// Default retries of the function's jobs.
+    pub max_retries: Option<i32>,
+    /// Default description: the method's first doc line.
+    pub description: Option<&'static str>,
+}
+
+/// Options set on one call through the delayable builder (`Model::queue().priority(30)…`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobOptions {
+    /// Lower runs first.
+    pub priority: Option<i32>,
+    /// Not before this.
+    pub eta: Option<Eta>,
+    /// Retries before `failed`; `0` retries forever.
+    pub max_retries: Option<i32>,
+    /// Human description shown to operators.
+    pub description: Option<String>,
+    /// Channel the job runs in.
+    pub channel: Option<String>,
+    /// Key that identifies the job: a second job with the same key is not queued while the
+    /// first has not run.
+    pub identity_key: Option<String>,
+}
+
+/// Options with every default applied and every value checked: what is stored on the row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedOptions {
+    /// Lower runs first.
+    pub priority: i32,
+    /// Not before this, if set.
+    pub eta: Option<DateTime<Utc>>,
+    /// Retries before `failed`; `0` retries forever.
+    pub max_retries: i32,
+    /// Human description.
+    pub description: String,
+    /// A valid channel name.
+    pub channel: String,
+    /// Identity key, if any.
+    pub identity_key: Option<String>,
+}
+
+impl JobOptions {
+    /// Apply the function's defaults, then the library's, and check the result.
+    ///
+    /// `fallback_description` is used when neither the call nor the function gives one
+    /// (queue_job uses the function's name).
+    pub fn resolve(
+        &self,
+        defaults: &FunctionDefaults,
+        fallback_description: &str,
+        now: DateTime<Utc>,
+    ) -> Result<ResolvedOptions> {
+        let max_retries = self.max_retries.or(defaults.max_retries).unwrap_or(DEFAULT_MAX_RETRIES);
+        if max_retries < 0 {
+            return Err(Error::Option(format!(
+                "expected max_retries >= 0 (0 retries forever), got {max_retries}"
+            )));
+        }
+        let channel = self
+            .channel
+            .clone()
+            .or_else(|| defaults.channel.map(str::to_owned))
+            .unwrap_or_else(|| DEFAULT_CHANNEL.to_owned());
+        channel::check_name(&channel)?;
+        if let Some(key) = &self.identity_key
+            && key.is_empty()
+        {
+            return Err(Error::Option("identity_key must not be empty".into()));
+        }
+        Ok(ResolvedOptions {
+            priority: self.priority.or(defaults.priority).unwrap_or(DEFAULT_PRIORITY),
+            eta: self.eta.map(|eta| eta.resolve(now)),
+            max_retries,
+            description: self
+                .description
+                .clone()
+                .or_else(|| defaults.description.map(str::to_owned))
+                .unwrap_or_else(|| fallback_description.to_owned()),
+            channel,
+            identity_key: self.identity_key.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000, 0).expect("valid timestamp")
+    }
+
+    #[test]
+    fn library_defaults_are_queue_jobs() {
+        let resolved = JobOptions::default().resolve(&FunctionDefaults::default(), "m.f", now()).expect("ok");
+        assert_eq!(resolved.priority, 10);
+        assert_eq!(resolved.max_retries, 5);
+        assert_eq!(resolved.channel, "root");
+        assert_eq!(resolved.description, "m.f");
+        assert_eq!(resolved.eta, None);
+    }
+
+    #[test]
+    fn call_beats_function_beats_library() {
+        let defaults = FunctionDefaults {
+            channel: Some("root.export"),
+            priority: Some(20),
+            max_retries: Some(3),
+            description: Some("Export partners"),
+        };
+        let from_function = JobOptions::default().resolve(&defaults, "m.f", now()).expect("ok");
+        assert_eq!(from_function.channel, "root.export");
+        assert_eq!(from_function.priority, 20);
+        assert_eq!(from_function.max_retries, 3);
+        assert_eq!(from_function.description, "Export partners");
+
+        let call = JobOptions {
+            priority: Some(30),
+            channel: Some("root.mail".into()),
+            eta: Some(Eta::In(TimeDelta::hours(5))),
+            ..JobOptions::default()
+        };
+        let resolved = call.resolve(&defaults, "m.f", now()).expect("ok");
+        assert_eq!(resolved.priority, 30);
+        assert_eq!(resolved.channel, "root.mail");
+        assert_eq!(resolved.eta, Some(now() + TimeDelta::hours(5)));
+    }
+
+    #[test]
+    fn bad_options_are_refused_with_the_value() {
+        let call = JobOptions { max_retries: Some(-1), ..JobOptions::default() };
+        let err = call.resolve(&FunctionDefaults::default(), "m.f", now()).expect_err("bad");
+        assert_eq!(
+            err.to_string(),
+            "invalid job option: expected max_retries >= 0 (0 retries forever), got -1"
+        );
+        let call = JobOptions { channel: Some("export".into()), ..JobOptions::default() };
+        assert!(call.resolve(&FunctionDefaults::default(), "m.f", now()).is_err());
+    }
+
+    #[test]
+    fn eta_from_std_duration_and_datetime() {
+        assert_eq!(Eta::from(Duration::from_secs(60)).resolve(now()), now() + TimeDelta::minutes(1));
+        assert_eq!(Eta::from(now()).resolve(now() + TimeDelta::days(1)), now());
+    }
+}

@@ -1,0 +1,222 @@
+//! Emit the code: the `Model` impl and the delayable builder for `#[derive(Model)]`; one
+//! wrapper, one dispatch thunk and one registry entry per method for `#[queueable]`.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+
+use crate::parse::{Model, Param, Queueable};
+
+/// Name of the builder `Model::queue()` returns.
+fn builder_ident(model: &syn::Ident) -> syn::Ident {
+    format_ident!("{}Queue", model)
+}
+
+pub fn model(m: &Model) -> TokenStream {
+    let Model { ident, vis, table, model_name, id_field, id_type, krate } = m;
+    let builder = builder_ident(ident);
+    let builder_doc = format!(
+        "Delayable calls of [`{ident}`]'s queueable methods, returned by [`{ident}::queue`]: set job options, then call a method to queue it."
+    );
+    quote! {
+        const _: () = {
+            use #krate::__private as __q;
+            impl __q::Model for #ident {
+                const MODEL_NAME: &'static str = #model_name;
+
+                fn record_id(&self) -> i64 {
+                    ::core::convert::Into::<i64>::into(self.#id_field)
+                }
+
+                fn load_by_ids(
+                    conn: &mut __q::AnyConnection,
+                    ids: &[i64],
+                ) -> __q::diesel::QueryResult<::std::vec::Vec<Self>> {
+                    use __q::diesel::prelude::*;
+                    let ids: ::std::vec::Vec<#id_type> = ids
+                        .iter()
+                        .filter_map(|id| <#id_type as ::core::convert::TryFrom<i64>>::try_from(*id).ok())
+                        .collect();
+                    #table::table
+                        .filter(#table::#id_field.eq_any(ids))
+                        .select(<Self as __q::diesel::SelectableHelper<_>>::as_select())
+                        .load(conn)
+                }
+            }
+        };
+
+        #[doc = #builder_doc]
+        #[derive(Debug, Clone, Default)]
+        #vis struct #builder {
+            options: #krate::__private::JobOptions,
+        }
+
+        impl #ident {
+            /// Queue calls of this model's methods: `Self::queue().priority(30).method(records, args…)`.
+            #vis fn queue() -> #builder {
+                #builder::default()
+            }
+        }
+
+        impl #builder {
+            /// Priority of the job: lower runs first (default 10).
+            pub fn priority(mut self, priority: i32) -> Self {
+                self.options.priority = Some(priority);
+                self
+            }
+
+            /// Not before this: a delay (`chrono::TimeDelta`, `std::time::Duration`) or a moment.
+            pub fn eta(mut self, eta: impl Into<#krate::__private::Eta>) -> Self {
+                self.options.eta = Some(eta.into());
+                self
+            }
+
+            /// Retries before the job becomes failed (default 5; 0 retries forever).
+            pub fn max_retries(mut self, max_retries: u32) -> Self {
+                self.options.max_retries = Some(i32::try_from(max_retries).unwrap_or(i32::MAX));
+                self
+            }
+
+            /// Description shown to operators (default: the method's first doc line).
+            pub fn description(mut self, description: impl Into<String>) -> Self {
+                self.options.description = Some(description.into());
+                self
+            }
+
+            /// Channel of the job, overriding the method's (e.g. `"root.export"`).
+            pub fn channel(mut self, channel: impl Into<String>) -> Self {
+                self.options.channel = Some(channel.into());
+                self
+            }
+
+            /// Identity key: a job with the same key that has not run yet is not queued twice.
+            pub fn identity_key(mut self, key: impl Into<String>) -> Self {
+                self.options.identity_key = Some(key.into());
+                self
+            }
+
+            /// The options set so far.
+            pub fn options(&self) -> &#krate::__private::JobOptions {
+                &self.options
+            }
+        }
+    }
+}
+
+pub fn queueable(q: &Queueable) -> TokenStream {
+    let Queueable { self_ty, methods, krate } = q;
+    let builder = builder_ident(self_ty);
+    let mut items = Vec::new();
+    for method in methods {
+        let name = &method.ident;
+        let method_name = name.to_string();
+        let entry = format_ident!("__QUEUE_FN_{}", name);
+        let thunk = format_ident!("__queue_run_{}", name);
+        let assert_fn = format_ident!("__queue_assert_{}", name);
+        let vis = &method.vis;
+        let opt_str = |v: &Option<syn::LitStr>| match v {
+            Some(lit) => quote!(::core::option::Option::Some(#lit)),
+            None => quote!(::core::option::Option::None),
+        };
+        let opt_int = |v: &Option<syn::LitInt>| match v {
+            Some(lit) => quote!(::core::option::Option::Some(#lit)),
+            None => quote!(::core::option::Option::None),
+        };
+        let channel = opt_str(&method.job.channel);
+        let priority = opt_int(&method.job.priority);
+        let max_retries = opt_int(&method.job.max_retries);
+        let description = match (&method.job.description, &method.doc) {
+            (Some(lit), _) => quote!(::core::option::Option::Some(#lit)),
+            (None, Some(doc)) => quote!(::core::option::Option::Some(#doc)),
+            (None, None) => quote!(::core::option::Option::None),
+        };
+        let defaults = quote! {
+            __q::FunctionDefaults {
+                channel: #channel,
+                priority: #priority,
+                max_retries: #max_retries,
+                description: #description,
+            }
+        };
+        let mut call_args = Vec::new();
+        let mut decode = Vec::new();
+        let mut wrapper_params = Vec::new();
+        let mut encode = Vec::new();
+        let mut asserts = Vec::new();
+        for param in &method.params {
+            match param {
+                Param::Env => call_args.push(quote!(env)),
+                Param::Arg { ident, ty } => {
+                    let key = ident.to_string();
+                    decode.push(quote!(let #ident: #ty = __q::arg(inv, #key)?;));
+                    call_args.push(quote!(#ident));
+                    wrapper_params.push(quote!(#ident: #ty));
+                    encode.push(quote! {
+                        __args.insert(
+                            ::std::string::String::from(#key),
+                            __q::encode_arg(&#ident, #method_name, #key)?,
+                        );
+                    });
+                    asserts.push(quote_spanned!(ty.span()=> __q::assert_job_arg::<#ty>();));
+                }
+            }
+        }
+        let doc = format!(
+            "Queue a call of [`{self_ty}::{method_name}`] on `records`: stored as a job in the current transaction, run later by a worker."
+        );
+        items.push(quote! {
+            #[allow(non_upper_case_globals)]
+            static #entry: __q::JobFunction = __q::JobFunction::new(
+                <#self_ty as __q::Model>::MODEL_NAME,
+                #method_name,
+                #defaults,
+                #thunk,
+            );
+
+            __q::inventory::submit! {
+                __q::Registration(&#entry)
+            }
+
+            #[allow(non_snake_case)]
+            fn #thunk(
+                env: &__q::Env,
+                inv: &__q::Invocation<'_>,
+            ) -> __q::JobResult<::core::option::Option<::std::string::String>> {
+                let _ = env;
+                let records = __q::load_records::<#self_ty>(env, inv)?;
+                #(#decode)*
+                __q::JobReturn::into_outcome(#self_ty::#name(records, #(#call_args),*))
+            }
+
+            #[allow(dead_code, non_snake_case)]
+            fn #assert_fn() {
+                #(#asserts)*
+            }
+
+            impl #builder {
+                #[doc = #doc]
+                #vis fn #name<__R: __q::Records<#self_ty>>(
+                    &self,
+                    records: __R,
+                    #(#wrapper_params),*
+                ) -> ::core::result::Result<__q::JobHandle, __q::Error> {
+                    #[allow(unused_mut)]
+                    let mut __args = __q::Map::new();
+                    #(#encode)*
+                    __q::enqueue(
+                        &self.options,
+                        &#entry,
+                        __q::Records::record_ids(&records),
+                        __q::Value::Object(__args),
+                    )
+                }
+            }
+        });
+    }
+    quote! {
+        const _: () = {
+            use #krate::__private as __q;
+            #(#items)*
+        };
+    }
+}

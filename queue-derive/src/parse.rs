@@ -1,0 +1,395 @@
+//! Parse and check the macros' input. Every error is collected, with its span, in one pass.
+
+use proc_macro2::{Span, TokenStream};
+use quote::ToTokens;
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{Attribute, Expr, FnArg, Ident, ImplItem, ItemImpl, Lit, LitStr, Meta, Pat, Path, Token, Type};
+
+/// Collects errors so all of them are reported at once.
+#[derive(Default)]
+pub struct Errors(Option<syn::Error>);
+
+impl Errors {
+    pub fn push(&mut self, span: Span, message: impl std::fmt::Display) {
+        let error = syn::Error::new(span, message);
+        match &mut self.0 {
+            Some(all) => all.combine(error),
+            None => self.0 = Some(error),
+        }
+    }
+
+    pub fn add(&mut self, error: syn::Error) {
+        match &mut self.0 {
+            Some(all) => all.combine(error),
+            None => self.0 = Some(error),
+        }
+    }
+
+    pub fn finish<T>(self, value: T) -> syn::Result<T> {
+        match self.0 {
+            Some(e) => Err(e),
+            None => Ok(value),
+        }
+    }
+}
+
+/// A `#[derive(Model)]` input.
+pub struct Model {
+    pub ident: Ident,
+    pub vis: syn::Visibility,
+    pub table: Path,
+    pub model_name: String,
+    pub id_field: Ident,
+    pub id_type: Type,
+    pub krate: Path,
+}
+
+fn default_crate() -> Path {
+    syn::parse_quote!(::queue_diesel)
+}
+
+fn parse_crate(lit: &LitStr) -> syn::Result<Path> {
+    lit.parse::<Path>().map_err(|_| syn::Error::new(lit.span(), "expected a path, like \"::queue_diesel\""))
+}
+
+/// Diesel's default table name: the snake-case plural of the struct name.
+fn default_table(ident: &Ident) -> Path {
+    let mut snake = String::new();
+    for (i, ch) in ident.to_string().chars().enumerate() {
+        if ch.is_uppercase() {
+            if i > 0 {
+                snake.push('_');
+            }
+            snake.extend(ch.to_lowercase());
+        } else {
+            snake.push(ch);
+        }
+    }
+    snake.push('s');
+    let ident = Ident::new(&snake, ident.span());
+    syn::parse_quote!(#ident)
+}
+
+pub fn model(input: &syn::DeriveInput) -> syn::Result<Model> {
+    let mut errors = Errors::default();
+    let mut table = None;
+    let mut model_name = None;
+    let mut id_field = None;
+    let mut krate = None;
+    for attr in &input.attrs {
+        if attr.path().is_ident("diesel") {
+            // Only read table_name; Diesel checks its own attribute.
+            let _ = attr.parse_nested_meta(|meta| {
+                if meta.path.is_ident("table_name") {
+                    table = Some(meta.value()?.parse::<Path>()?);
+                } else if meta.input.peek(Token![=]) {
+                    let _: Expr = meta.value()?.parse()?;
+                } else if meta.input.peek(syn::token::Paren) {
+                    let _: TokenStream = meta.input.parse()?;
+                }
+                Ok(())
+            });
+        } else if attr.path().is_ident("queue") {
+            let outcome = attr.parse_nested_meta(|meta| {
+                if meta.path.is_ident("model") {
+                    let lit: LitStr = meta.value()?.parse()?;
+                    if lit.value().trim().is_empty() {
+                        return Err(syn::Error::new(lit.span(), "the model name must not be empty"));
+                    }
+                    model_name = Some(lit.value());
+                } else if meta.path.is_ident("id") {
+                    id_field = Some(meta.value()?.parse::<Ident>()?);
+                } else if meta.path.is_ident("crate") {
+                    krate = Some(parse_crate(&meta.value()?.parse()?)?);
+                } else {
+                    return Err(meta.error(format!(
+                        "unknown queue attribute `{}`; expected one of: model, id, crate",
+                        meta.path.to_token_stream()
+                    )));
+                }
+                Ok(())
+            });
+            if let Err(e) = outcome {
+                errors.add(e);
+            }
+        }
+    }
+    let fields = match &input.data {
+        syn::Data::Struct(data) => Some(&data.fields),
+        _ => {
+            errors.push(input.ident.span(), "#[derive(Model)] works on structs with named fields");
+            None
+        }
+    };
+    let table = table.unwrap_or_else(|| default_table(&input.ident));
+    let model_name =
+        model_name.unwrap_or_else(|| table.segments.last().map(|s| s.ident.to_string()).unwrap_or_default());
+    let id_ident = id_field.unwrap_or_else(|| Ident::new("id", Span::call_site()));
+    let id_type = fields
+        .and_then(|fields| fields.iter().find(|f| f.ident.as_ref() == Some(&id_ident)).map(|f| f.ty.clone()));
+    if fields.is_some() && id_type.is_none() {
+        errors.push(
+            input.ident.span(),
+            format!("#[derive(Model)] needs an integer id field `{id_ident}` (or name it with #[queue(id = field)])"),
+        );
+    }
+    errors.finish(())?;
+    Ok(Model {
+        ident: input.ident.clone(),
+        vis: input.vis.clone(),
+        table,
+        model_name,
+        id_field: id_ident,
+        id_type: id_type.unwrap_or_else(|| syn::parse_quote!(i64)),
+        krate: krate.unwrap_or_else(default_crate),
+    })
+}
+
+/// Defaults from `#[job(...)]`.
+#[derive(Default)]
+pub struct JobAttr {
+    pub channel: Option<LitStr>,
+    pub priority: Option<syn::LitInt>,
+    pub max_retries: Option<syn::LitInt>,
+    pub description: Option<LitStr>,
+}
+
+/// One parameter of a job method after the records.
+pub enum Param {
+    Env,
+    Arg { ident: Ident, ty: Type },
+}
+
+/// One queueable method.
+pub struct Method {
+    pub ident: Ident,
+    pub vis: syn::Visibility,
+    pub params: Vec<Param>,
+    pub job: JobAttr,
+    pub doc: Option<String>,
+}
+
+/// A `#[queueable]` impl block.
+pub struct Queueable {
+    pub self_ty: Ident,
+    pub methods: Vec<Method>,
+    pub krate: Path,
+}
+
+const JOB_KEYS: &str = "channel, priority, max_retries, description";
+
+/// Check a channel literal the way `queue_core::channel::check_name` does.
+fn valid_channel(name: &str) -> bool {
+    let mut parts = name.split('.');
+    parts.next() == Some("root")
+        && parts
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+}
+
+fn parse_job_attr(attr: &Attribute, errors: &mut Errors) -> JobAttr {
+    let mut job = JobAttr::default();
+    if matches!(attr.meta, Meta::Path(_)) {
+        return job;
+    }
+    let parsed = attr.parse_nested_meta(|meta| {
+        let key = meta.path.to_token_stream().to_string();
+        match key.as_str() {
+            "channel" => {
+                let lit: LitStr = meta.value()?.parse()?;
+                if !valid_channel(&lit.value()) {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        format!("invalid channel {:?}: expected \"root\" or a dotted name under it, like \"root.export\"", lit.value()),
+                    ));
+                }
+                job.channel = Some(lit);
+            }
+            "priority" => job.priority = Some(meta.value()?.parse()?),
+            "max_retries" => {
+                let lit: syn::LitInt = meta.value()?.parse()?;
+                lit.base10_parse::<u32>().map_err(|_| {
+                    syn::Error::new(lit.span(), "expected max_retries >= 0 (0 retries forever)")
+                })?;
+                job.max_retries = Some(lit);
+            }
+            "description" => job.description = Some(meta.value()?.parse()?),
+            _ => return Err(meta.error(format!("unknown job option `{key}`; expected one of: {JOB_KEYS}"))),
+        }
+        Ok(())
+    });
+    if let Err(e) = parsed {
+        errors.add(e);
+    }
+    job
+}
+
+fn first_doc_line(attrs: &[Attribute]) -> Option<String> {
+    attrs.iter().filter(|a| a.path().is_ident("doc")).find_map(|a| match &a.meta {
+        Meta::NameValue(nv) => match &nv.value {
+            Expr::Lit(syn::ExprLit { lit: Lit::Str(s), .. }) => {
+                let line = s.value().trim().to_owned();
+                (!line.is_empty()).then_some(line)
+            }
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+/// True for `&Env`, `&mut Env` or a path ending in `Env`.
+fn is_env(ty: &Type) -> bool {
+    match ty {
+        Type::Reference(r) => match &*r.elem {
+            Type::Path(p) => p.path.segments.last().is_some_and(|s| s.ident == "Env"),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// True for `Vec<Self>` or `Vec<TheModel>`.
+fn is_records(ty: &Type, self_ty: &Ident) -> bool {
+    let Type::Path(p) = ty else { return false };
+    let Some(last) = p.path.segments.last() else { return false };
+    if last.ident != "Vec" {
+        return false;
+    }
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else { return false };
+    match args.args.first() {
+        Some(syn::GenericArgument::Type(Type::Path(inner))) => {
+            inner.path.is_ident("Self") || inner.path.is_ident(self_ty)
+        }
+        _ => false,
+    }
+}
+
+/// Parse a `#[queueable]` block. Returns the block to emit (without `#[job]` attributes) and the
+/// parsed methods or the errors.
+pub fn queueable(args: TokenStream, mut item: ItemImpl) -> (ItemImpl, syn::Result<Queueable>) {
+    let mut errors = Errors::default();
+    let mut krate = default_crate();
+    let parser = Punctuated::<Meta, Token![,]>::parse_terminated;
+    match parser.parse2(args) {
+        Ok(metas) => {
+            for meta in metas {
+                match &meta {
+                    Meta::NameValue(nv) if nv.path.is_ident("crate") => match &nv.value {
+                        Expr::Lit(syn::ExprLit { lit: Lit::Str(s), .. }) => match parse_crate(s) {
+                            Ok(path) => krate = path,
+                            Err(e) => errors.add(e),
+                        },
+                        other => errors.push(other.span(), "expected crate = \"path\""),
+                    },
+                    other => errors.push(other.span(), "unknown queueable option; expected crate = \"path\""),
+                }
+            }
+        }
+        Err(e) => errors.add(e),
+    }
+    let self_ty = match &*item.self_ty {
+        Type::Path(p) if p.qself.is_none() => p.path.segments.last().map(|s| s.ident.clone()),
+        _ => None,
+    };
+    let Some(self_ty) = self_ty else {
+        errors
+            .push(item.self_ty.span(), "#[queueable] goes on `impl Model { … }` of a struct deriving Model");
+        let result =
+            errors.finish(Queueable { self_ty: Ident::new("_", Span::call_site()), methods: vec![], krate });
+        return (item, result);
+    };
+    if item.trait_.is_some() {
+        errors.push(item.span(), "#[queueable] goes on an inherent impl block, not on a trait impl");
+    }
+    if !item.generics.params.is_empty() {
+        errors.push(item.generics.span(), "#[queueable] does not support generic impl blocks");
+    }
+    let mut methods = Vec::new();
+    for impl_item in &mut item.items {
+        let ImplItem::Fn(f) = impl_item else { continue };
+        let mut job = JobAttr::default();
+        let mut job_attrs = 0;
+        f.attrs.retain(|attr| {
+            if attr.path().is_ident("job") {
+                job_attrs += 1;
+                if job_attrs > 1 {
+                    errors.push(attr.span(), "only one #[job(...)] attribute per method");
+                } else {
+                    job = parse_job_attr(attr, &mut errors);
+                }
+                false
+            } else {
+                true
+            }
+        });
+        let sig = &f.sig;
+        if !sig.generics.params.is_empty() {
+            errors.push(
+                sig.generics.span(),
+                "a queueable method cannot be generic: its call is stored and replayed",
+            );
+        }
+        if sig.asyncness.is_some() {
+            errors.push(sig.asyncness.span(), "a queueable method cannot be async");
+        }
+        let mut inputs = sig.inputs.iter();
+        match inputs.next() {
+            Some(FnArg::Typed(first)) if is_records(&first.ty, &self_ty) => {}
+            Some(FnArg::Receiver(receiver)) => errors.push(
+                receiver.span(),
+                format!("a queueable method takes its records as first argument (`records: Vec<{self_ty}>`), not `self`"),
+            ),
+            Some(other) => errors.push(
+                other.span(),
+                format!("the first argument of a queueable method must be its records: `records: Vec<{self_ty}>`"),
+            ),
+            None => errors.push(
+                sig.ident.span(),
+                format!("method without a records argument: a queueable method takes `records: Vec<{self_ty}>` first"),
+            ),
+        }
+        let mut params = Vec::new();
+        let mut seen_env = false;
+        for input in inputs {
+            let FnArg::Typed(typed) = input else { continue };
+            if is_env(&typed.ty) {
+                if let Type::Reference(r) = &*typed.ty
+                    && r.mutability.is_some()
+                {
+                    errors.push(r.span(), "take the environment as `env: &Env` (shared): its connection is borrowed with env.conn()");
+                }
+                if seen_env {
+                    errors.push(typed.ty.span(), "only one `&Env` argument per method");
+                }
+                seen_env = true;
+                params.push(Param::Env);
+                continue;
+            }
+            let Pat::Ident(pat) = &*typed.pat else {
+                errors.push(typed.pat.span(), "job arguments need plain names: they are stored by name");
+                continue;
+            };
+            if let Type::Reference(r) = &*typed.ty {
+                errors.push(
+                    r.span(),
+                    "job arguments are stored as JSON and must be owned values: use String for &str, Vec<T> for &[T]",
+                );
+                continue;
+            }
+            params.push(Param::Arg { ident: pat.ident.clone(), ty: (*typed.ty).clone() });
+        }
+        methods.push(Method {
+            ident: sig.ident.clone(),
+            vis: f.vis.clone(),
+            params,
+            job,
+            doc: first_doc_line(&f.attrs),
+        });
+    }
+    if methods.is_empty() {
+        errors.push(item.self_ty.span(), "#[queueable] block has no method to queue");
+    }
+    let result = errors.finish(Queueable { self_ty, methods, krate });
+    (item, result)
+}

@@ -1,0 +1,236 @@
+//! The `queue-worker` command: run jobs and look at the queue.
+//!
+//! The bundled `queue-worker` binary links no job function, so it can migrate and show jobs but
+//! refuses to `run`. An application builds its own worker binary that links its models and calls
+//! [`main`]:
+//!
+//! ```no_run
+//! // src/bin/worker.rs of the application
+//! use my_app as _; // link the crate whose #[queueable] methods the worker runs
+//! # mod my_app {}
+//! fn main() -> std::process::ExitCode {
+//!     queue_diesel::cli::main()
+//! }
+//! ```
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use queue_core::{ChannelConfig, JobId, JobState};
+
+use crate::database::{DEFAULT_DATABASE_URL, Database};
+use crate::error::{Error, Result};
+use crate::function::registry;
+use crate::store::{ListParams, Store};
+use crate::worker::{Shutdown, Worker, WorkerConfig};
+
+/// Command line of `queue-worker`.
+#[derive(Debug, Parser)]
+#[command(name = "queue-worker", version, about = "Run queued jobs and look at the queue")]
+pub struct Cli {
+    /// Database: a SQLite file path or a postgres:// URL.
+    #[arg(long, global = true, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run jobs until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Create or update the queue's tables, then exit.
+    Migrate,
+    /// Look at jobs.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// List the job functions linked into this binary.
+    Functions,
+}
+
+/// Options of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Channels and capacities, e.g. "root:4,root.export:1".
+    #[arg(long, env = "QUEUE_CHANNELS", default_value = "root:1")]
+    pub channels: String,
+    /// Poll period in milliseconds when no notification comes (default: 1000 on PostgreSQL,
+    /// 250 on SQLite).
+    #[arg(long, env = "QUEUE_POLL_INTERVAL_MS")]
+    pub poll_interval_ms: Option<u64>,
+    /// Seconds to wait for running jobs on shutdown before giving them back.
+    #[arg(long, env = "QUEUE_GRACE_PERIOD_SECS", default_value_t = 30)]
+    pub grace_period_secs: u64,
+    /// Run the due jobs one by one, then exit (no threads, no channels).
+    #[arg(long)]
+    pub until_idle: bool,
+}
+
+/// `jobs` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Jobs, newest first.
+    List {
+        /// Only jobs in this state (pending, started, done, failed, cancelled, …).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only jobs of this function.
+        #[arg(long)]
+        func: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Everything about one job.
+    Show {
+        /// The job's uuid.
+        uuid: String,
+    },
+    /// Number of jobs per state.
+    Count,
+}
+
+/// Parse the process arguments, run, and turn the outcome into an exit code (errors are printed
+/// with their causes).
+pub fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("queue-worker: {}", crate::worker::executor::chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Log to stderr at the level in `QUEUE_LOG` (error, warn, info, debug, trace; default info).
+pub fn init_logging() {
+    let level = std::env::var("QUEUE_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
+    let _ = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).try_init();
+}
+
+/// Run a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            // Check everything that can be checked before touching the database.
+            let channels: ChannelConfig = args.channels.parse()?;
+            if registry()?.is_empty() {
+                return Err(Error::NoFunctions);
+            }
+            let db = Database::builder(&cli.database_url).worker(true).open()?;
+            let config = WorkerConfig {
+                channels,
+                poll_interval: args.poll_interval_ms.map(Duration::from_millis),
+                grace_period: Duration::from_secs(args.grace_period_secs),
+                ..WorkerConfig::default()
+            };
+            let worker = Worker::new(db, config)?;
+            if args.until_idle {
+                let ran = worker.run_until_idle()?;
+                println!("ran {ran} job(s)");
+                return Ok(());
+            }
+            let shutdown = Shutdown::new();
+            shutdown.on_signals()?;
+            worker.run(&shutdown)?;
+            Ok(())
+        }
+        Command::Migrate => {
+            let db = Database::builder(&cli.database_url).migrate(false).open()?;
+            db.migrate()?;
+            println!("queue schema is up to date ({})", db.url());
+            Ok(())
+        }
+        Command::Functions => {
+            let names = registry()?.names();
+            if names.is_empty() {
+                println!("no job function is linked into this binary");
+            }
+            for name in names {
+                println!("{name}");
+            }
+            Ok(())
+        }
+        Command::Jobs(command) => {
+            let db = Database::open(&cli.database_url)?;
+            let mut conn = db.conn()?;
+            match command {
+                JobsCommand::List { state, func, limit } => {
+                    let state = state.map(|s| s.parse::<JobState>()).transpose()?;
+                    let jobs = conn.job_list(&ListParams { state, func, limit })?;
+                    println!(
+                        "{:<36}  {:<17}  {:>4}  {:<16}  {:>3}  {}",
+                        "UUID", "STATE", "PRIO", "CHANNEL", "TRY", "FUNCTION"
+                    );
+                    for job in jobs {
+                        println!(
+                            "{:<36}  {:<17}  {:>4}  {:<16}  {:>3}  {}",
+                            job.uuid, job.state, job.priority, job.channel, job.attempts, job.func
+                        );
+                    }
+                    Ok(())
+                }
+                JobsCommand::Show { uuid } => {
+                    let id: JobId = uuid
+                        .parse()
+                        .map_err(|_| Error::Config(format!("expected a job uuid, got {uuid:?}")))?;
+                    let job = conn.job_get(&id)?.ok_or_else(|| Error::JobNotFound(uuid.clone()))?;
+                    print!("{}", show(&job));
+                    Ok(())
+                }
+                JobsCommand::Count => {
+                    for (state, n) in conn.job_count_by_state()? {
+                        println!("{state:<17} {n}");
+                    }
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// A job as `name: value` lines.
+fn show(job: &queue_core::Job) -> String {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    let time = |v: Option<chrono::DateTime<chrono::Utc>>| v.map(|t| t.to_rfc3339()).unwrap_or_default();
+    let fields = [
+        ("uuid", job.uuid.to_string()),
+        ("state", job.state.to_string()),
+        ("function", job.func.clone()),
+        ("description", job.description.clone()),
+        ("model", job.model.clone()),
+        ("records", format!("{:?}", job.record_ids)),
+        ("args", job.args.to_string()),
+        ("user", job.context.user_id().map(|u| u.to_string()).unwrap_or_default()),
+        ("context", serde_json::Value::Object(job.context.values().clone()).to_string()),
+        ("channel", job.channel.clone()),
+        ("priority", job.priority.to_string()),
+        ("eta", time(job.eta)),
+        (
+            "attempts",
+            format!(
+                "{} of {}",
+                job.attempts,
+                if job.max_retries == 0 { "unlimited".to_owned() } else { job.max_retries.to_string() }
+            ),
+        ),
+        ("identity key", opt(&job.identity_key)),
+        ("created", job.date_created.to_rfc3339()),
+        ("started", time(job.date_started)),
+        ("done", time(job.date_done)),
+        ("worker", opt(&job.worker_id)),
+        ("result", opt(&job.result)),
+        ("exc name", opt(&job.exc_name)),
+        ("exc message", opt(&job.exc_message)),
+        ("exc info", opt(&job.exc_info)),
+    ];
+    fields.iter().map(|(k, v)| format!("{k:<13} {v}\n")).collect()
+}

@@ -1,0 +1,302 @@
+//! Opening the database: URL → backend → connection pool, migrations, run-mode settings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::Connection;
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::r2d2::{self, ManageConnection, Pool, PooledConnection, R2D2Connection};
+use diesel::sqlite::SqliteConnection;
+use queue_core::context::is_truthy;
+use queue_core::{Clock, Context, Job, JobId, SystemClock};
+
+use crate::connection::{AnyConnection, Backend};
+use crate::error::{Error, Result};
+use crate::store::{ListParams, Store};
+use crate::transaction::{self, Env};
+
+/// Database used when `DATABASE_URL` is not set: a SQLite file in the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "queue.sqlite3";
+/// Connections kept by the pool when nothing else is configured.
+pub const DEFAULT_POOL_SIZE: u32 = 10;
+/// How long SQLite waits for another writer before giving up.
+pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A pooled connection of the queue.
+pub type PooledConn = PooledConnection<Manager>;
+
+/// Hides the password of a database URL for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Opens connections of one backend for the pool, with the session settings the queue needs.
+#[derive(Debug, Clone)]
+pub struct Manager {
+    url: String,
+    backend: Backend,
+}
+
+impl Manager {
+    fn connect(&self) -> Result<AnyConnection> {
+        let connect_err =
+            |e: diesel::ConnectionError| Error::Connect { url: redact(&self.url), source: Box::new(e) };
+        match self.backend {
+            Backend::Sqlite => {
+                let path = self.url.strip_prefix("sqlite://").unwrap_or(&self.url);
+                let mut c = SqliteConnection::establish(path).map_err(connect_err)?;
+                c.batch_execute(&format!(
+                    "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                    SQLITE_BUSY_TIMEOUT.as_millis()
+                ))
+                .map_err(Error::query("configure the SQLite connection"))?;
+                Ok(AnyConnection::Sqlite(c))
+            }
+            Backend::Postgres => {
+                PgConnection::establish(&self.url).map(AnyConnection::Postgres).map_err(connect_err)
+            }
+        }
+    }
+}
+
+impl ManageConnection for Manager {
+    type Connection = AnyConnection;
+    type Error = Error;
+
+    fn connect(&self) -> Result<AnyConnection> {
+        Manager::connect(self)
+    }
+
+    fn is_valid(&self, conn: &mut AnyConnection) -> Result<()> {
+        conn.ping().map_err(Error::query("check a pooled connection"))
+    }
+
+    fn has_broken(&self, conn: &mut AnyConnection) -> bool {
+        std::thread::panicking() || conn.is_broken()
+    }
+}
+
+/// How a [`Database`] is opened.
+#[derive(Debug, Clone)]
+pub struct DatabaseBuilder {
+    url: String,
+    worker: bool,
+    no_delay: bool,
+    pool_size: u32,
+    migrate: bool,
+    clock: Arc<dyn Clock>,
+}
+
+impl DatabaseBuilder {
+    /// A worker runs the jobs: rows wait for it (instead of running after commit).
+    pub fn worker(mut self, configured: bool) -> Self {
+        self.worker = configured;
+        self
+    }
+
+    /// Run every queued call synchronously, at the call (tests, debugging).
+    pub fn no_delay(mut self, no_delay: bool) -> Self {
+        self.no_delay = no_delay;
+        self
+    }
+
+    /// Connections in the pool.
+    pub fn pool_size(mut self, size: u32) -> Self {
+        self.pool_size = size.max(1);
+        self
+    }
+
+    /// Apply pending migrations when opening (default: yes).
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
+        self
+    }
+
+    /// Where "now" comes from (tests use a `MockClock`).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Connect, migrate, and return the database.
+    pub fn open(self) -> Result<Database> {
+        let backend = Backend::from_url(&self.url)?;
+        if backend == Backend::Sqlite && self.url.contains(":memory:") {
+            return Err(Error::Config(
+                "an in-memory SQLite database cannot be shared by a pool and a worker: use a file path"
+                    .into(),
+            ));
+        }
+        let manager = Manager { url: self.url.clone(), backend };
+        // Fail fast with the driver's own message rather than r2d2's timeout.
+        let first = manager.connect()?;
+        drop(first);
+        let pool = Pool::builder()
+            .max_size(self.pool_size)
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(30))
+            .error_handler(Box::new(r2d2::LoggingErrorHandler))
+            .build(manager)
+            .map_err(|e| Error::Connect { url: redact(&self.url), source: Box::new(e) })?;
+        let db = Database {
+            inner: Arc::new(Inner {
+                pool,
+                backend,
+                url: self.url,
+                worker: self.worker,
+                no_delay: self.no_delay,
+                clock: self.clock,
+            }),
+        };
+        if self.migrate {
+            db.migrate()?;
+        }
+        Ok(db)
+    }
+}
+
+/// The application's database, seen by the queue: a connection pool plus run-mode settings.
+/// Cheap to clone; clones share the pool.
+#[derive(Debug, Clone)]
+pub struct Database {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: Pool<Manager>,
+    backend: Backend,
+    url: String,
+    worker: bool,
+    no_delay: bool,
+    clock: Arc<dyn Clock>,
+}
+
+impl Database {
+    /// Settings for `url` (a SQLite path or a `postgres://` URL), read from the environment:
+    /// `QUEUE_WORKER=1` (a worker runs the jobs), `QUEUE_NO_DELAY=1` (run at the call).
+    pub fn builder(url: impl Into<String>) -> DatabaseBuilder {
+        let env_flag = |name: &str| std::env::var(name).is_ok_and(|v| is_truthy(&v));
+        DatabaseBuilder {
+            url: url.into(),
+            worker: env_flag("QUEUE_WORKER"),
+            no_delay: env_flag("QUEUE_NO_DELAY"),
+            pool_size: DEFAULT_POOL_SIZE,
+            migrate: true,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Open `url` with the settings of the environment, and migrate.
+    pub fn open(url: &str) -> Result<Database> {
+        Database::builder(url).open()
+    }
+
+    /// Open `DATABASE_URL`, or the SQLite file `queue.sqlite3` when it is not set, and migrate.
+    pub fn open_default() -> Result<Database> {
+        Database::open(&default_url())
+    }
+
+    /// Which backend the URL chose.
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    /// The URL, with its password hidden.
+    pub fn url(&self) -> String {
+        redact(&self.inner.url)
+    }
+
+    /// The URL as given (with its password), for connections outside the pool.
+    pub(crate) fn raw_url(&self) -> String {
+        self.inner.url.clone()
+    }
+
+    /// True when a worker runs the jobs (they are not run after commit).
+    pub fn worker_configured(&self) -> bool {
+        self.inner.worker
+    }
+
+    /// True when queued calls run at the call.
+    pub fn no_delay(&self) -> bool {
+        self.inner.no_delay
+    }
+
+    /// Now, from the database's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+
+    /// A connection from the pool.
+    pub fn conn(&self) -> Result<PooledConn> {
+        self.inner.pool.get().map_err(|e| Error::Connect { url: self.url(), source: Box::new(e) })
+    }
+
+    /// Bring the queue's tables up to date.
+    pub fn migrate(&self) -> Result<()> {
+        self.conn()?.schema_migrate()
+    }
+
+    /// Run `f` in a transaction with `context` as the ambient context. Jobs queued inside are
+    /// stored in this transaction (and dropped if it rolls back); when no worker is configured
+    /// they run right after the commit, each in its own transaction.
+    pub fn transaction<T, E>(&self, context: Context, f: impl FnOnce(&Env) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<Error>,
+    {
+        transaction::run(self, context, f)
+    }
+
+    /// Run jobs queued with [`crate::with_env`] once their transaction has committed, each in its
+    /// own transaction (what `transaction` does by itself when no worker is configured).
+    pub fn run_jobs(&self, ids: Vec<JobId>) -> Result<()> {
+        let mut conn = self.conn()?;
+        crate::worker::executor::run_after_commit(self, &mut conn, ids);
+        Ok(())
+    }
+
+    pub(crate) fn same_as(&self, other: &Database) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// One job by uuid.
+    pub fn job(&self, uuid: &JobId) -> Result<Job> {
+        self.conn()?.job_get(uuid)?.ok_or_else(|| Error::JobNotFound(uuid.to_string()))
+    }
+
+    /// Jobs, newest first.
+    pub fn jobs(&self, params: &ListParams) -> Result<Vec<Job>> {
+        self.conn()?.job_list(params)
+    }
+}
+
+/// `DATABASE_URL`, or [`DEFAULT_DATABASE_URL`].
+pub fn default_url() -> String {
+    std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("queue.sqlite3"), "queue.sqlite3");
+    }
+}

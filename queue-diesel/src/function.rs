@@ -1,0 +1,180 @@
+//! Job functions: the registry entry `#[queueable]` emits for each method, and what running one
+//! needs (records re-loaded by id, arguments decoded by name, the return value turned into an
+//! outcome).
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use queue_core::options::FunctionDefaults;
+use queue_core::registry::Named;
+use queue_core::{JobError, JobResult, Registry};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::transaction::Env;
+
+/// A queueable method, registered with `inventory` by the code `#[queueable]` generates.
+#[derive(Debug)]
+pub struct JobFunction {
+    model: &'static str,
+    method: &'static str,
+    name: OnceLock<String>,
+    /// Defaults from `#[job(...)]` and the doc line.
+    pub defaults: FunctionDefaults,
+    /// Re-load the records, decode the arguments and call the method.
+    pub run: fn(&Env, &Invocation<'_>) -> JobResult<Option<String>>,
+}
+
+impl JobFunction {
+    /// An entry for `model.method`.
+    pub const fn new(
+        model: &'static str,
+        method: &'static str,
+        defaults: FunctionDefaults,
+        run: fn(&Env, &Invocation<'_>) -> JobResult<Option<String>>,
+    ) -> Self {
+        JobFunction { model, method, name: OnceLock::new(), defaults, run }
+    }
+
+    /// `"<model>.<method>"`: the stored function name.
+    pub fn name(&self) -> &str {
+        self.name.get_or_init(|| queue_core::job::function_name(self.model, self.method))
+    }
+
+    /// Model name.
+    pub fn model(&self) -> &'static str {
+        self.model
+    }
+
+    /// Method name.
+    pub fn method(&self) -> &'static str {
+        self.method
+    }
+}
+
+impl Named for JobFunction {
+    fn name(&self) -> &str {
+        JobFunction::name(self)
+    }
+}
+
+/// The `inventory` entry of a job function: a reference to its static.
+#[derive(Debug)]
+pub struct Registration(pub &'static JobFunction);
+
+inventory::collect!(Registration);
+
+/// What a job function is called with.
+#[derive(Debug, Clone, Copy)]
+pub struct Invocation<'a> {
+    /// Function name (for messages).
+    pub func: &'a str,
+    /// Ids of the records, in call order.
+    pub record_ids: &'a [i64],
+    /// Arguments, a JSON object keyed by parameter name.
+    pub args: &'a Value,
+}
+
+/// The job functions linked into this binary.
+///
+/// Only the functions of crates the final binary links are here: a worker binary must name the
+/// application's model crate (`use my_models as _;` is enough).
+pub fn registry() -> Result<&'static Registry<JobFunction>> {
+    static REGISTRY: OnceLock<Result<Registry<JobFunction>, String>> = OnceLock::new();
+    REGISTRY
+        .get_or_init(|| {
+            Registry::build(inventory::iter::<Registration>.into_iter().map(|r| r.0)).map_err(|e| match e {
+                queue_core::Error::DuplicateFunction(name) => name,
+                other => other.to_string(),
+            })
+        })
+        .as_ref()
+        .map_err(|name| Error::Core(queue_core::Error::DuplicateFunction(name.clone())))
+}
+
+/// Re-load the records of a job, in the order they were given. Deleted records are skipped;
+/// when all of them were deleted the job has nothing to do.
+pub fn load_records<M: Model>(env: &Env, inv: &Invocation<'_>) -> JobResult<Vec<M>> {
+    if inv.record_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut records = M::load_by_ids(&mut *env.try_conn().map_err(JobError::from)?, inv.record_ids)?;
+    let position: HashMap<i64, usize> = inv.record_ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    records.sort_by_key(|r| position.get(&r.record_id()).copied().unwrap_or(usize::MAX));
+    if records.is_empty() {
+        return Err(JobError::NothingToDo(format!(
+            "all {} record(s) of {} were deleted",
+            inv.record_ids.len(),
+            M::MODEL_NAME
+        )));
+    }
+    Ok(records)
+}
+
+/// Decode the argument `name`; a missing or mistyped argument fails the job with a readable reason.
+pub fn arg<T: DeserializeOwned>(inv: &Invocation<'_>, name: &str) -> JobResult<T> {
+    let value = inv.args.get(name).cloned().unwrap_or(Value::Null);
+    serde_json::from_value(value).map_err(|e| JobError::Failed {
+        name: "ArgumentError".into(),
+        message: format!("cannot decode argument `{name}` of {}: {e}", inv.func),
+        info: format!("stored arguments: {}", inv.args),
+    })
+}
+
+/// Encode one argument at the call.
+pub fn encode_arg<T: Serialize + ?Sized>(value: &T, func: &str, name: &str) -> Result<Value> {
+    serde_json::to_value(value).map_err(|source| {
+        Error::Core(queue_core::Error::Encode { what: format!("argument `{name}` of {func}"), source })
+    })
+}
+
+/// What a job method may return: nothing, a message, or a `Result` of those.
+pub trait JobReturn {
+    /// The outcome: `Ok(result text)` or a verdict.
+    fn into_outcome(self) -> JobResult<Option<String>>;
+}
+
+/// The success values a job method may return; the text is stored as the job's result.
+pub trait JobOutput {
+    /// Text for the `result` column, if any.
+    fn into_result(self) -> Option<String>;
+}
+
+impl JobOutput for () {
+    fn into_result(self) -> Option<String> {
+        None
+    }
+}
+
+impl JobOutput for String {
+    fn into_result(self) -> Option<String> {
+        Some(self)
+    }
+}
+
+impl JobOutput for &str {
+    fn into_result(self) -> Option<String> {
+        Some(self.to_owned())
+    }
+}
+
+impl JobOutput for Option<String> {
+    fn into_result(self) -> Option<String> {
+        self
+    }
+}
+
+impl JobReturn for () {
+    fn into_outcome(self) -> JobResult<Option<String>> {
+        Ok(None)
+    }
+}
+
+impl<T: JobOutput, E: Into<JobError>> JobReturn for Result<T, E> {
+    fn into_outcome(self) -> JobResult<Option<String>> {
+        self.map(JobOutput::into_result).map_err(Into::into)
+    }
+}

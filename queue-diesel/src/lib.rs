@@ -1,0 +1,111 @@
+//! A job queue that lives in the application's own database, built on Diesel.
+//!
+//! Mark a model with `#[derive(Model)]` and its methods with `#[queueable]`; then
+//! `Partner::queue().priority(30).export(&partners, "erp".into())?` stores a job in the current
+//! transaction, capturing the function, the record ids, the JSON arguments, the user and the
+//! context. A worker runs it later in its own transaction, with the records re-loaded by id and
+//! the user and context restored. Without a worker, queued calls run right after the commit;
+//! with `QUEUE_NO_DELAY=1` they run at the call.
+//!
+//! ```no_run
+//! use diesel::prelude::*;
+//! use queue_diesel::prelude::*;
+//!
+//! diesel::table! { partners (id) { id -> BigInt, name -> Text } }
+//!
+//! #[derive(Queryable, Selectable, Model)]
+//! #[diesel(table_name = partners)]
+//! #[queue(model = "res.partner")]
+//! pub struct Partner { pub id: i64, pub name: String }
+//!
+//! #[queueable]
+//! impl Partner {
+//!     /// Export partners to the ERP.
+//!     #[job(channel = "root.export", max_retries = 3)]
+//!     pub fn export(records: Vec<Partner>, env: &Env, target: String) -> JobResult {
+//!         for partner in &records {
+//!             println!("user {:?} exports {} to {target}", env.user_id(), partner.name);
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), queue_diesel::Error> {
+//! let db = Database::open_default()?; // DATABASE_URL, else ./queue.sqlite3; migrates
+//! db.transaction(Context::user(7).with("lang", "fr"), |env| {
+//!     let list = partners::table.select(Partner::as_select()).load(&mut *env.conn())?;
+//!     Partner::queue().priority(30).export(&list, "erp".into())?;
+//!     Ok::<_, queue_diesel::Error>(())
+//! })?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Where things are
+//!
+//! | room | what |
+//! |---|---|
+//! | [`database`] | open a pool from a URL (SQLite default), migrate, settings |
+//! | [`transaction`] | the ambient transaction and its [`Env`] |
+//! | [`delay`] | what a queued call does |
+//! | [`function`] | the registry of job functions and how one is called |
+//! | [`store`] | the storage seam: every SQL statement of the queue |
+//! | [`worker`] | claim under channel capacity, run, shut down |
+//! | [`cli`] | the `queue-worker` command, reusable in an application's own worker binary |
+//!
+//! ## Features
+//!
+//! | feature | default | what |
+//! |---|---|---|
+//! | `bundled` | yes | build SQLite and libpq from source: no system library needed |
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod connection;
+pub mod database;
+pub mod delay;
+mod error;
+pub mod function;
+pub mod model;
+pub mod notify;
+pub mod schema;
+pub mod store;
+pub mod transaction;
+pub mod worker;
+
+pub use connection::{AnyConnection, Backend};
+pub use database::{Database, DatabaseBuilder};
+pub use delay::JobHandle;
+pub use error::{Error, Result};
+pub use function::{JobFunction, registry};
+pub use model::{Model, NoRecords, Records};
+pub use queue_core::{
+    self as core, ChannelConfig, Clock, Context, Eta, Job, JobError, JobId, JobOptions, JobResult, JobState,
+    MockClock, SystemClock,
+};
+pub use queue_derive::{Model, queueable};
+pub use transaction::{ConnGuard, Env, current_env, with_env};
+pub use worker::{Shutdown, Worker, WorkerConfig};
+
+/// What an application module needs: `use queue_diesel::prelude::*;`.
+pub mod prelude {
+    pub use crate::{Context, Database, Env, JobError, JobHandle, JobResult, Model, NoRecords, queueable};
+}
+
+/// Used by the code the macros generate; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::delay::enqueue;
+    pub use crate::function::{
+        Invocation, JobFunction, JobReturn, Registration, arg, encode_arg, load_records,
+    };
+    pub use crate::model::{Model, Records};
+    pub use crate::{AnyConnection, Env, Error, JobHandle};
+    pub use diesel;
+    pub use inventory;
+    pub use queue_core::options::{FunctionDefaults, JobOptions};
+    pub use queue_core::{Eta, JobResult};
+    pub use serde_json::{Map, Value};
+
+    /// Compile-time check that an argument type can be stored and read back.
+    pub fn assert_job_arg<T: serde::Serialize + serde::de::DeserializeOwned>() {}
+}

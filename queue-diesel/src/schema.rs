@@ -1,0 +1,61 @@
+//! Diesel's view of the queue's own table. The SQL lives in `migrations/`.
+
+diesel::table! {
+    /// One row per job, in every state.
+    queue_job (id) {
+        /// Row id: creation order.
+        id -> BigInt,
+        /// Public id (UUID text).
+        uuid -> Text,
+        /// State name, see `JobState`.
+        state -> Text,
+        /// Registered function name.
+        func -> Text,
+        /// Model name of the records.
+        model -> Text,
+        /// JSON array of record ids.
+        record_ids -> Text,
+        /// JSON object of arguments.
+        args -> Text,
+        /// JSON object of context values.
+        context -> Text,
+        /// User the job runs for.
+        user_id -> Nullable<BigInt>,
+        /// Lower runs first.
+        priority -> Integer,
+        /// Not before this.
+        eta -> Nullable<Timestamp>,
+        /// Deadline used in ordering.
+        expected_at -> Nullable<Timestamp>,
+        /// Channel name.
+        channel -> Text,
+        /// Identity key.
+        identity_key -> Nullable<Text>,
+        /// Tries started.
+        attempts -> Integer,
+        /// Retries allowed, 0 = forever.
+        max_retries -> Integer,
+        /// Human description.
+        description -> Text,
+        /// Result for people.
+        result -> Nullable<Text>,
+        /// Error name.
+        exc_name -> Nullable<Text>,
+        /// Error message.
+        exc_message -> Nullable<Text>,
+        /// Error details.
+        exc_info -> Nullable<Text>,
+        /// Queued at.
+        date_created -> Timestamp,
+        /// Taken by a worker at.
+        date_enqueued -> Nullable<Timestamp>,
+        /// Started at.
+        date_started -> Nullable<Timestamp>,
+        /// Finished at.
+        date_done -> Nullable<Timestamp>,
+        /// Worker holding the job.
+        worker_id -> Nullable<Text>,
+        /// Token of the current claim.
+        lease_token -> Nullable<Text>,
+    }
+}

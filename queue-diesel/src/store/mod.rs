@@ -1,0 +1,489 @@
+//! The one storage seam the worker, the transaction code and the CLI speak to.
+//!
+//! [`Store`] is implemented for [`AnyConnection`]: portable statements are written once with
+//! Diesel's DSL and compiled for each backend by `with_backend!`; the claim, which differs, lives
+//! in one file per backend. Methods are named noun first and take one params struct where they
+//! take more than one value.
+
+mod postgres;
+mod sqlite;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::prelude::*;
+use queue_core::{Context, Job, JobId, JobState, NewJob};
+
+use crate::connection::{AnyConnection, with_backend};
+use crate::error::{Error, Result};
+use crate::schema::queue_job;
+
+/// PostgreSQL channel the queue's NOTIFY wake-ups are sent on.
+pub const NOTIFY_CHANNEL: &str = "queue_job";
+
+/// A `queue_job` row as stored: JSON still encoded, state still text.
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
+#[diesel(table_name = queue_job)]
+#[allow(missing_docs)]
+pub struct JobRow {
+    pub id: i64,
+    pub uuid: String,
+    pub state: String,
+    pub func: String,
+    pub model: String,
+    pub record_ids: String,
+    pub args: String,
+    pub context: String,
+    pub user_id: Option<i64>,
+    pub priority: i32,
+    pub eta: Option<NaiveDateTime>,
+    pub expected_at: Option<NaiveDateTime>,
+    pub channel: String,
+    pub identity_key: Option<String>,
+    pub attempts: i32,
+    pub max_retries: i32,
+    pub description: String,
+    pub result: Option<String>,
+    pub exc_name: Option<String>,
+    pub exc_message: Option<String>,
+    pub exc_info: Option<String>,
+    pub date_created: NaiveDateTime,
+    pub date_enqueued: Option<NaiveDateTime>,
+    pub date_started: Option<NaiveDateTime>,
+    pub date_done: Option<NaiveDateTime>,
+    pub worker_id: Option<String>,
+    pub lease_token: Option<String>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = queue_job)]
+struct NewJobRow<'a> {
+    uuid: String,
+    state: &'a str,
+    func: &'a str,
+    model: &'a str,
+    record_ids: String,
+    args: String,
+    context: String,
+    user_id: Option<i64>,
+    priority: i32,
+    eta: Option<NaiveDateTime>,
+    channel: &'a str,
+    identity_key: Option<&'a str>,
+    attempts: i32,
+    max_retries: i32,
+    description: &'a str,
+    date_created: NaiveDateTime,
+}
+
+impl JobRow {
+    /// Decode the row; a value that does not decode is an error naming the field and the job.
+    pub fn decode(&self) -> Result<Job> {
+        let fail = |what: &'static str| {
+            let job = self.uuid.clone();
+            move |e: Box<dyn std::error::Error + Send + Sync>| Error::Decode { what, job, source: e }
+        };
+        let state = self.state.parse::<JobState>().map_err(|e| fail("state")(e.into()))?;
+        let uuid = self.uuid.parse::<JobId>().map_err(|e| fail("uuid")(e.into()))?;
+        let record_ids: Vec<i64> =
+            serde_json::from_str(&self.record_ids).map_err(|e| fail("record ids")(e.into()))?;
+        let args = serde_json::from_str(&self.args).map_err(|e| fail("arguments")(e.into()))?;
+        let context =
+            Context::from_json(self.user_id, &self.context).map_err(|e| fail("context")(e.into()))?;
+        Ok(Job {
+            id: self.id,
+            uuid,
+            state,
+            func: self.func.clone(),
+            model: self.model.clone(),
+            record_ids,
+            args,
+            context,
+            priority: self.priority,
+            eta: self.eta.map(|t| t.and_utc()),
+            channel: self.channel.clone(),
+            identity_key: self.identity_key.clone(),
+            attempts: self.attempts,
+            max_retries: self.max_retries,
+            description: self.description.clone(),
+            result: self.result.clone(),
+            exc_name: self.exc_name.clone(),
+            exc_message: self.exc_message.clone(),
+            exc_info: self.exc_info.clone(),
+            date_created: self.date_created.and_utc(),
+            date_started: self.date_started.map(|t| t.and_utc()),
+            date_done: self.date_done.map(|t| t.and_utc()),
+            worker_id: self.worker_id.clone(),
+            lease_token: self.lease_token.clone(),
+        })
+    }
+}
+
+/// Which channels a claim may take jobs from: `node` and its sub-channels, less the
+/// sub-channels configured separately (they are claimed on their own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelFilter {
+    /// A configured channel.
+    pub node: String,
+    /// Configured channels below `node`, left out with their own sub-channels.
+    pub excluded: Vec<String>,
+}
+
+/// What [`Store::job_claim`] takes.
+#[derive(Debug, Clone)]
+pub struct ClaimParams<'a> {
+    /// Worker taking the jobs (stored on the rows).
+    pub worker_id: &'a str,
+    /// Token of this claim: only its holder may finish the jobs.
+    pub lease_token: &'a str,
+    /// Now: jobs whose eta is later are left.
+    pub now: DateTime<Utc>,
+    /// At most this many jobs.
+    pub limit: i64,
+    /// Only jobs in these channels; `None` for every channel.
+    pub channel: Option<&'a ChannelFilter>,
+    /// Only these jobs (by uuid); `None` for any job.
+    pub uuids: Option<&'a [String]>,
+    /// Only jobs of these functions (those this binary can run); `None` for any function.
+    pub funcs: Option<&'a [&'a str]>,
+    /// Take jobs whose eta has not come yet too (runs after commit, with no worker).
+    pub ignore_eta: bool,
+}
+
+/// How a started job ends: written by [`Store::job_finish`] only if the lease still holds.
+#[derive(Debug, Clone)]
+pub struct FinishParams<'a> {
+    /// Row id.
+    pub id: i64,
+    /// The claim's token.
+    pub lease_token: &'a str,
+    /// `done`, `failed`, `cancelled`, or `pending` for a retry.
+    pub state: JobState,
+    /// Result for people.
+    pub result: Option<&'a str>,
+    /// Error name, message and details.
+    pub exc: Option<(&'a str, &'a str, &'a str)>,
+    /// For a retry: not before this.
+    pub eta: Option<DateTime<Utc>>,
+    /// Now.
+    pub now: DateTime<Utc>,
+}
+
+/// What [`Store::job_list`] takes.
+#[derive(Debug, Clone, Default)]
+pub struct ListParams {
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// Only jobs of this function.
+    pub func: Option<String>,
+    /// At most this many, newest first.
+    pub limit: i64,
+}
+
+/// The queue's storage operations.
+pub trait Store {
+    /// Take up to `limit` claimable jobs (pending, eta passed), in order of priority then
+    /// creation, mark them `started` under the claim's lease and return them.
+    fn job_claim(&mut self, params: &ClaimParams<'_>) -> Result<Vec<JobRow>>;
+    /// Count jobs per state.
+    fn job_count_by_state(&mut self) -> Result<Vec<(JobState, i64)>>;
+    /// End a started job, only if `lease_token` still holds it. False when the lease was lost.
+    fn job_finish(&mut self, params: &FinishParams<'_>) -> Result<bool>;
+    /// One job by uuid.
+    fn job_get(&mut self, uuid: &JobId) -> Result<Option<Job>>;
+    /// Insert new jobs (`pending`).
+    fn job_insert_many(&mut self, jobs: &[NewJob]) -> Result<()>;
+    /// Jobs, newest first.
+    fn job_list(&mut self, params: &ListParams) -> Result<Vec<Job>>;
+    /// Wake the workers listening for new jobs (PostgreSQL NOTIFY, sent at commit).
+    fn job_notify(&mut self) -> Result<()>;
+    /// Give jobs back (`started` → `pending`) without counting the try, if the lease holds.
+    fn job_release(&mut self, ids: &[i64], lease_token: &str) -> Result<usize>;
+    /// Create or update the queue's tables.
+    fn schema_migrate(&mut self) -> Result<()>;
+}
+
+impl Store for AnyConnection {
+    fn job_claim(&mut self, params: &ClaimParams<'_>) -> Result<Vec<JobRow>> {
+        if params.limit <= 0 {
+            return Ok(Vec::new());
+        }
+        let sql = claim::Sql::build(params, self.backend());
+        match self {
+            AnyConnection::Sqlite(c) => sqlite::job_claim(c, &sql),
+            AnyConnection::Postgres(c) => postgres::job_claim(c, &sql),
+        }
+        .map_err(Error::query("claim jobs"))
+    }
+
+    fn job_count_by_state(&mut self) -> Result<Vec<(JobState, i64)>> {
+        use queue_job::dsl;
+        let rows: Vec<(String, i64)> = with_backend!(self, c => dsl::queue_job
+            .group_by(dsl::state)
+            .select((dsl::state, diesel::dsl::count_star()))
+            .load(c))
+        .map_err(Error::query("count jobs"))?;
+        let mut counts = Vec::with_capacity(rows.len());
+        for (state, n) in rows {
+            counts.push((state.parse::<JobState>()?, n));
+        }
+        counts.sort();
+        Ok(counts)
+    }
+
+    fn job_finish(&mut self, p: &FinishParams<'_>) -> Result<bool> {
+        use queue_job::dsl;
+        let now = p.now.naive_utc();
+        let done_at = p.state.is_finished().then_some(now);
+        let (exc_name, exc_message, exc_info) = match p.exc {
+            Some((n, m, i)) => (Some(n), Some(m), Some(i)),
+            None => (None, None, None),
+        };
+        let target = dsl::queue_job
+            .filter(dsl::id.eq(p.id))
+            .filter(dsl::lease_token.eq(p.lease_token))
+            .filter(dsl::state.eq(JobState::Started.as_str()));
+        let changes = (
+            dsl::state.eq(p.state.as_str()),
+            dsl::result.eq(p.result),
+            dsl::exc_name.eq(exc_name),
+            dsl::exc_message.eq(exc_message),
+            dsl::exc_info.eq(exc_info),
+            dsl::date_done.eq(done_at),
+            dsl::eta.eq(p.eta.map(|t| t.naive_utc())),
+            dsl::lease_token.eq(None::<String>),
+        );
+        let n = with_backend!(self, c => diesel::update(target).set(changes).execute(c))
+            .map_err(Error::query("store a job's outcome"))?;
+        Ok(n == 1)
+    }
+
+    fn job_get(&mut self, uuid: &JobId) -> Result<Option<Job>> {
+        use queue_job::dsl;
+        let row: Option<JobRow> = with_backend!(self, c => dsl::queue_job
+            .filter(dsl::uuid.eq(uuid.to_string()))
+            .select(JobRow::as_select())
+            .first(c)
+            .optional())
+        .map_err(Error::query("read a job"))?;
+        row.map(|r| r.decode()).transpose()
+    }
+
+    fn job_insert_many(&mut self, jobs: &[NewJob]) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut rows = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            rows.push(NewJobRow {
+                uuid: job.uuid.to_string(),
+                state: JobState::Pending.as_str(),
+                func: &job.func,
+                model: &job.model,
+                record_ids: encode(&job.record_ids, "record ids")?,
+                args: encode(&job.args, "job arguments")?,
+                context: job.context.values_json()?,
+                user_id: job.context.user_id(),
+                priority: job.options.priority,
+                eta: job.options.eta.map(|t| t.naive_utc()),
+                channel: &job.options.channel,
+                identity_key: job.options.identity_key.as_deref(),
+                attempts: 0,
+                max_retries: job.options.max_retries,
+                description: &job.options.description,
+                date_created: job.created_at.naive_utc(),
+            });
+        }
+        // SQLite allows at most 32766 bound values per statement: 16 columns, so 2000 rows.
+        for chunk in rows.chunks(1000) {
+            with_backend!(self, c => diesel::insert_into(queue_job::table).values(chunk).execute(c))
+                .map_err(Error::query("insert jobs"))?;
+        }
+        Ok(())
+    }
+
+    fn job_list(&mut self, params: &ListParams) -> Result<Vec<Job>> {
+        use queue_job::dsl;
+        let limit = if params.limit > 0 { params.limit } else { 100 };
+        let rows: Vec<JobRow> = with_backend!(self, c => {
+            let mut query = dsl::queue_job.select(JobRow::as_select()).into_boxed();
+            if let Some(state) = params.state {
+                query = query.filter(dsl::state.eq(state.as_str()));
+            }
+            if let Some(func) = &params.func {
+                query = query.filter(dsl::func.eq(func.clone()));
+            }
+            query.order(dsl::id.desc()).limit(limit).load(c)
+        })
+        .map_err(Error::query("list jobs"))?;
+        rows.iter().map(JobRow::decode).collect()
+    }
+
+    fn job_notify(&mut self) -> Result<()> {
+        match self {
+            AnyConnection::Sqlite(_) => Ok(()),
+            AnyConnection::Postgres(c) => postgres::job_notify(c),
+        }
+    }
+
+    fn job_release(&mut self, ids: &[i64], lease_token: &str) -> Result<usize> {
+        use queue_job::dsl;
+        let target = dsl::queue_job
+            .filter(dsl::id.eq_any(ids))
+            .filter(dsl::lease_token.eq(lease_token))
+            .filter(dsl::state.eq(JobState::Started.as_str()));
+        let changes = (
+            dsl::state.eq(JobState::Pending.as_str()),
+            dsl::attempts.eq(dsl::attempts - 1),
+            dsl::lease_token.eq(None::<String>),
+            dsl::worker_id.eq(None::<String>),
+        );
+        with_backend!(self, c => diesel::update(target).set(changes).execute(c))
+            .map_err(Error::query("release jobs"))
+    }
+
+    fn schema_migrate(&mut self) -> Result<()> {
+        match self {
+            AnyConnection::Sqlite(c) => sqlite::schema_migrate(c),
+            AnyConnection::Postgres(c) => postgres::schema_migrate(c),
+        }
+    }
+}
+
+fn encode<T: serde::Serialize + ?Sized>(value: &T, what: &str) -> Result<String> {
+    serde_json::to_string(value)
+        .map_err(|source| queue_core::Error::Encode { what: what.to_owned(), source }.into())
+}
+
+/// The claim statement, shared by both backends: only the placeholders and the row lock differ.
+mod claim {
+    use super::{ClaimParams, JobState};
+    use crate::connection::Backend;
+
+    /// A bound value.
+    #[derive(Debug, Clone)]
+    pub(super) enum Bind {
+        Text(String),
+        Int(i64),
+        Time(chrono::NaiveDateTime),
+    }
+
+    #[derive(Debug)]
+    pub(super) struct Sql {
+        pub text: String,
+        pub binds: Vec<Bind>,
+    }
+
+    impl Sql {
+        pub fn build(p: &ClaimParams<'_>, backend: Backend) -> Sql {
+            let mut sql = Sql { text: String::with_capacity(512), binds: Vec::new() };
+            let now = p.now.naive_utc();
+            sql.push("UPDATE queue_job SET state = ");
+            sql.bind(Bind::Text(JobState::Started.as_str().into()));
+            sql.push(", attempts = attempts + 1, date_started = ");
+            sql.bind(Bind::Time(now));
+            sql.push(", date_enqueued = ");
+            sql.bind(Bind::Time(now));
+            sql.push(", worker_id = ");
+            sql.bind(Bind::Text(p.worker_id.into()));
+            sql.push(", lease_token = ");
+            sql.bind(Bind::Text(p.lease_token.into()));
+            sql.push(" WHERE id IN (SELECT id FROM queue_job WHERE state = ");
+            sql.bind(Bind::Text(JobState::Pending.as_str().into()));
+            if !p.ignore_eta {
+                sql.push(" AND (eta IS NULL OR eta <= ");
+                sql.bind(Bind::Time(now));
+                sql.push(")");
+            }
+            if let Some(filter) = p.channel
+                && filter.node != queue_core::channel::ROOT
+            {
+                sql.push(" AND (channel = ");
+                sql.bind(Bind::Text(filter.node.clone()));
+                sql.push(" OR ");
+                sql.push_prefix_expr(&filter.node);
+                sql.push(")");
+            }
+            if let Some(filter) = p.channel {
+                for excluded in &filter.excluded {
+                    sql.push(" AND channel <> ");
+                    sql.bind(Bind::Text(excluded.clone()));
+                    sql.push(" AND NOT (");
+                    sql.push_prefix_expr(excluded);
+                    sql.push(")");
+                }
+            }
+            if let Some(uuids) = p.uuids {
+                sql.push(" AND uuid IN (");
+                for (i, uuid) in uuids.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(", ");
+                    }
+                    sql.bind(Bind::Text(uuid.clone()));
+                }
+                if uuids.is_empty() {
+                    sql.push("NULL");
+                }
+                sql.push(")");
+            }
+            if let Some(funcs) = p.funcs {
+                sql.push(" AND func IN (");
+                for (i, func) in funcs.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(", ");
+                    }
+                    sql.bind(Bind::Text((*func).to_owned()));
+                }
+                if funcs.is_empty() {
+                    sql.push("NULL");
+                }
+                sql.push(")");
+            }
+            sql.push(" ORDER BY priority, id LIMIT ");
+            sql.bind(Bind::Int(p.limit));
+            if backend == Backend::Postgres {
+                sql.push(" FOR UPDATE SKIP LOCKED");
+            }
+            sql.push(") RETURNING *");
+            sql
+        }
+
+        fn push(&mut self, text: &str) {
+            self.text.push_str(text);
+        }
+
+        fn bind(&mut self, value: Bind) {
+            self.binds.push(value);
+            self.text.push('\u{1}');
+        }
+
+        /// `substr(channel, 1, len) = 'name.'`: the sub-channels of `name`, compared exactly
+        /// (LIKE would treat `_` as a wildcard and ignore case on SQLite).
+        fn push_prefix_expr(&mut self, name: &str) {
+            let prefix = format!("{name}.");
+            self.push("substr(channel, 1, ");
+            self.bind(Bind::Int(prefix.len() as i64));
+            self.push(") = ");
+            self.bind(Bind::Text(prefix));
+        }
+
+        /// The statement with the backend's placeholders.
+        pub fn text_for(&self, backend: Backend) -> String {
+            let mut out = String::with_capacity(self.text.len() + 16);
+            let mut n = 0;
+            for ch in self.text.chars() {
+                if ch == '\u{1}' {
+                    n += 1;
+                    match backend {
+                        Backend::Sqlite => out.push('?'),
+                        Backend::Postgres => {
+                            out.push('$');
+                            out.push_str(&n.to_string());
+                        }
+                    }
+                } else {
+                    out.push(ch);
+                }
+            }
+            out
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Run one claimed job: restore its environment, call its function in its own transaction, and
+//! store the outcome together with the job's writes, fenced by the claim's lease.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use chrono::TimeDelta;
+use queue_core::options::DEFAULT_RETRY_DELAY;
+use queue_core::{JobError, JobId, JobState};
+
+use crate::connection::AnyConnection;
+use crate::database::Database;
+use crate::error::Error;
+use crate::function::{Invocation, registry};
+use crate::store::{ClaimParams, FinishParams, JobRow, Store};
+use crate::transaction::{Env, in_transaction_on};
+
+/// How one run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// The job's state after the run (`pending` for a retry). `None` when the outcome could not
+    /// be stored (lease lost, database error): the job stays with its claim.
+    pub state: Option<JobState>,
+    /// Jobs the job queued while it ran.
+    pub queued: Vec<JobId>,
+}
+
+/// Why a job's own transaction did not commit.
+enum Abort {
+    Verdict(JobError),
+    LeaseLost,
+    Library(Error),
+}
+
+impl From<Error> for Abort {
+    fn from(e: Error) -> Self {
+        Abort::Library(e)
+    }
+}
+
+/// Turn a panic payload into a failure verdict.
+fn panic_verdict(payload: Box<dyn std::any::Any + Send>) -> JobError {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic with a non-text payload".to_owned());
+    JobError::Failed { name: "panic".into(), message, info: "the job function panicked".into() }
+}
+
+/// Run a claimed job on `conn`.
+pub fn run_claimed(db: &Database, conn: &mut AnyConnection, row: &JobRow) -> RunOutcome {
+    let lease = row.lease_token.clone().unwrap_or_default();
+    let job = match row.decode() {
+        Ok(job) => job,
+        Err(e) => {
+            let verdict =
+                JobError::Failed { name: "DecodeError".into(), message: e.to_string(), info: chain(&e) };
+            return store_verdict(db, conn, row, &lease, verdict);
+        }
+    };
+    let Some(function) = registry().ok().and_then(|r| r.get(&job.func)) else {
+        let verdict = JobError::failed(
+            "UnknownFunction",
+            format!("job function {:?} is not registered in this binary", job.func),
+        );
+        return store_verdict(db, conn, row, &lease, verdict);
+    };
+    let ran = in_transaction_on::<_, Abort>(conn, |conn| {
+        Env::enter(conn, job.context.clone(), db.clone(), Some(job.uuid), |env| {
+            let inv = Invocation { func: function.name(), record_ids: &job.record_ids, args: &job.args };
+            let verdict = catch_unwind(AssertUnwindSafe(|| (function.run)(env, &inv)))
+                .unwrap_or_else(|p| Err(panic_verdict(p)));
+            let result = verdict.map_err(Abort::Verdict)?;
+            let finished = env.try_conn()?.job_finish(&FinishParams {
+                id: row.id,
+                lease_token: &lease,
+                state: JobState::Done,
+                result: result.as_deref(),
+                exc: None,
+                eta: None,
+                now: db.now(),
+            })?;
+            if !finished {
+                return Err(Abort::LeaseLost);
+            }
+            Ok(env.take_queued())
+        })
+    });
+    match ran {
+        Ok(queued) => RunOutcome { state: Some(JobState::Done), queued },
+        Err(Abort::Verdict(verdict)) => store_verdict(db, conn, row, &lease, verdict),
+        Err(Abort::LeaseLost) => {
+            tracing::warn!(job = %job.uuid, "job was taken over by another worker; its writes were rolled back");
+            RunOutcome { state: None, queued: Vec::new() }
+        }
+        Err(Abort::Library(e)) => {
+            tracing::error!(job = %job.uuid, error = %chain(&e), "job could not be run");
+            let verdict =
+                JobError::Failed { name: "QueueError".into(), message: e.to_string(), info: chain(&e) };
+            store_verdict(db, conn, row, &lease, verdict)
+        }
+    }
+}
+
+/// Store a verdict in its own transaction (the job's writes were rolled back).
+fn store_verdict(
+    db: &Database,
+    conn: &mut AnyConnection,
+    row: &JobRow,
+    lease: &str,
+    verdict: JobError,
+) -> RunOutcome {
+    let now = db.now();
+    let (state, result, exc, eta) = match &verdict {
+        JobError::Retry { after, reason } => {
+            if row.max_retries > 0 && row.attempts >= row.max_retries {
+                let message = format!("max retries ({}) reached: {reason}", row.max_retries);
+                (JobState::Failed, None, Some(("MaxRetriesReached".to_owned(), message, String::new())), None)
+            } else {
+                let delay = after.unwrap_or(DEFAULT_RETRY_DELAY);
+                let eta = now + TimeDelta::from_std(delay).unwrap_or(TimeDelta::MAX);
+                (
+                    JobState::Pending,
+                    None,
+                    Some(("Retry".to_owned(), reason.clone(), String::new())),
+                    Some(eta),
+                )
+            }
+        }
+        JobError::Cancel(reason) => (JobState::Cancelled, Some(reason.clone()), None, None),
+        JobError::NothingToDo(message) => (JobState::Done, Some(message.clone()), None, None),
+        JobError::Failed { name, message, info } => {
+            (JobState::Failed, None, Some((name.clone(), message.clone(), info.clone())), None)
+        }
+        other => {
+            (JobState::Failed, None, Some(("JobError".to_owned(), other.to_string(), String::new())), None)
+        }
+    };
+    let stored = in_transaction_on::<_, Error>(conn, |conn| {
+        conn.job_finish(&FinishParams {
+            id: row.id,
+            lease_token: lease,
+            state,
+            result: result.as_deref(),
+            exc: exc.as_ref().map(|(n, m, i)| (n.as_str(), m.as_str(), i.as_str())),
+            eta,
+            now,
+        })
+    });
+    match stored {
+        Ok(true) => RunOutcome { state: Some(state), queued: Vec::new() },
+        Ok(false) => {
+            tracing::warn!(job = %row.uuid, "job was taken over by another worker; its outcome was not stored");
+            RunOutcome { state: None, queued: Vec::new() }
+        }
+        Err(e) => {
+            tracing::error!(job = %row.uuid, error = %chain(&e), "failed to store a job's outcome");
+            RunOutcome { state: None, queued: Vec::new() }
+        }
+    }
+}
+
+/// Run jobs queued by a committed transaction when no worker is configured: each in its own
+/// transaction, in claim order; jobs they queue in turn run after them. Their etas are not
+/// waited for (there is no worker to come back for them). Errors are stored on the jobs; a
+/// failure of the queue itself is logged and leaves the jobs for a worker.
+pub(crate) fn run_after_commit(db: &Database, conn: &mut AnyConnection, mut ids: Vec<JobId>) {
+    let worker_id = format!("after-commit:{}", std::process::id());
+    while !ids.is_empty() {
+        let uuids: Vec<String> = ids.iter().map(JobId::to_string).collect();
+        let lease = JobId::new().to_string();
+        let claimed = conn.job_claim(&ClaimParams {
+            worker_id: &worker_id,
+            lease_token: &lease,
+            now: db.now(),
+            limit: uuids.len() as i64,
+            channel: None,
+            uuids: Some(&uuids),
+            funcs: None,
+            ignore_eta: true,
+        });
+        let mut rows = match claimed {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %chain(&e), "failed to take the jobs queued by a transaction; they stay pending");
+                return;
+            }
+        };
+        rows.sort_by_key(|r| (r.priority, r.id));
+        ids = Vec::new();
+        for row in &rows {
+            ids.extend(run_claimed(db, conn, row).queued);
+        }
+    }
+}
+
+/// An error and its causes on one line.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,436 @@
+//! The worker: claims jobs under channel capacities, runs each on an executor thread in its own
+//! transaction, wakes on notifications or on a poll timer, and stops gracefully.
+//!
+//! One dispatcher thread claims; `root`'s capacity of executor threads run. The dispatcher counts
+//! running jobs per configured channel ([`queue_core::channel::ChannelLoad`]) and claims for a
+//! channel only as many jobs as it has free slots, so a claimed job never waits for a slot.
+
+pub mod executor;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use queue_core::channel::ChannelLoad;
+use queue_core::{ChannelConfig, JobId};
+
+use crate::connection::Backend;
+use crate::database::Database;
+use crate::error::{Error, Result};
+use crate::function::registry;
+use crate::store::{ChannelFilter, ClaimParams, JobRow, Store};
+
+/// How often an idle worker looks for due jobs when nothing woke it (PostgreSQL).
+pub const DEFAULT_POLL_INTERVAL_POSTGRES: Duration = Duration::from_secs(1);
+/// How often an idle worker looks for due jobs on SQLite, which has no notifications.
+pub const DEFAULT_POLL_INTERVAL_SQLITE: Duration = Duration::from_millis(250);
+/// How long a stopping worker waits for its running jobs before giving them back.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
+/// Longest pause after a failed claim (database down): doubles from 100 ms up to this.
+const MAX_CLAIM_BACKOFF: Duration = Duration::from_secs(10);
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Channels and capacities (`QUEUE_CHANNELS`, default `root:1`).
+    pub channels: ChannelConfig,
+    /// Poll period when no notification comes; `None` picks the backend's default.
+    pub poll_interval: Option<Duration>,
+    /// How long to wait for running jobs on shutdown.
+    pub grace_period: Duration,
+    /// Name stored on the jobs this worker takes.
+    pub worker_id: String,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            channels: ChannelConfig::default(),
+            poll_interval: None,
+            grace_period: DEFAULT_GRACE_PERIOD,
+            worker_id: default_worker_id(),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Read `QUEUE_CHANNELS`, `QUEUE_POLL_INTERVAL_MS` and `QUEUE_GRACE_PERIOD_SECS`.
+    pub fn from_env() -> Result<Self> {
+        let mut config = WorkerConfig::default();
+        if let Ok(text) = std::env::var("QUEUE_CHANNELS") {
+            config.channels = text.parse()?;
+        }
+        if let Ok(text) = std::env::var("QUEUE_POLL_INTERVAL_MS") {
+            let ms = parse_positive(&text, "QUEUE_POLL_INTERVAL_MS")?;
+            config.poll_interval = Some(Duration::from_millis(ms));
+        }
+        if let Ok(text) = std::env::var("QUEUE_GRACE_PERIOD_SECS") {
+            config.grace_period = Duration::from_secs(parse_positive(&text, "QUEUE_GRACE_PERIOD_SECS")?);
+        }
+        Ok(config)
+    }
+}
+
+fn parse_positive(text: &str, name: &str) -> Result<u64> {
+    text.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| Error::Config(format!("expected a whole number > 0 in {name}, got {text:?}")))
+}
+
+/// `host:pid:random`, unique enough to tell workers apart in job views.
+pub fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    let tag = JobId::new().to_string();
+    format!("{host}:{}:{}", std::process::id(), &tag[..8])
+}
+
+/// What the dispatcher reacts to.
+#[derive(Debug)]
+enum Event {
+    /// An executor finished a job.
+    Finished { id: i64 },
+    /// A job may have been queued.
+    Wake,
+    /// Stop claiming and shut down.
+    Stop,
+}
+
+/// A job handed to an executor.
+struct Assignment {
+    row: JobRow,
+}
+
+/// Asks a running worker to stop; cheap to clone, usable from any thread or signal handler.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    flag: Arc<AtomicBool>,
+    events: Arc<Mutex<Option<Sender<Event>>>>,
+}
+
+impl Shutdown {
+    /// A fresh, untriggered handle.
+    pub fn new() -> Self {
+        Shutdown::default()
+    }
+
+    /// Ask the worker to stop: it stops claiming, waits for its running jobs up to the grace
+    /// period, then gives back what is still running.
+    pub fn trigger(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        if let Some(tx) = self.events.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = tx.send(Event::Stop);
+        }
+    }
+
+    /// True once [`Shutdown::trigger`] was called.
+    pub fn is_triggered(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    fn attach(&self, tx: Sender<Event>) {
+        *self.events.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    }
+
+    /// Trigger on SIGINT or SIGTERM; a second signal exits at once.
+    pub fn on_signals(&self) -> Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+            .map_err(|source| Error::Io { what: "failed to install signal handlers", source })?;
+        let this = self.clone();
+        std::thread::Builder::new()
+            .name("queue-signals".into())
+            .spawn(move || {
+                let mut seen = 0;
+                for signal in signals.forever() {
+                    seen += 1;
+                    if seen > 1 {
+                        tracing::warn!(signal, "second signal: exiting without waiting for running jobs");
+                        std::process::exit(130);
+                    }
+                    tracing::info!(signal, "stopping: no new jobs; waiting for running jobs");
+                    this.trigger();
+                }
+            })
+            .map_err(|source| Error::Io { what: "failed to start the signal thread", source })?;
+        Ok(())
+    }
+}
+
+/// Counts of what a worker did, returned when it stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Jobs claimed.
+    pub claimed: u64,
+    /// Jobs whose run ended (in any state).
+    pub finished: u64,
+    /// Jobs given back at shutdown because they were still running after the grace period.
+    pub released: u64,
+}
+
+/// A worker bound to a database and a configuration.
+#[derive(Debug)]
+pub struct Worker {
+    db: Database,
+    config: WorkerConfig,
+    functions: Vec<&'static str>,
+}
+
+impl Worker {
+    /// A worker for the job functions linked into this binary; refuses to exist with none.
+    pub fn new(db: Database, config: WorkerConfig) -> Result<Worker> {
+        let functions = registry()?.names();
+        if functions.is_empty() {
+            return Err(Error::NoFunctions);
+        }
+        Ok(Worker { db, config, functions })
+    }
+
+    /// The functions this worker runs (jobs of other functions stay pending for a binary that
+    /// knows them).
+    pub fn functions(&self) -> &[&'static str] {
+        &self.functions
+    }
+
+    fn poll_interval(&self) -> Duration {
+        self.config.poll_interval.unwrap_or(match self.db.backend() {
+            Backend::Sqlite => DEFAULT_POLL_INTERVAL_SQLITE,
+            Backend::Postgres => DEFAULT_POLL_INTERVAL_POSTGRES,
+        })
+    }
+
+    /// Run the due jobs on this thread, one at a time, until none is left; return how many ran.
+    /// Channel capacities do not matter here (one job at a time). For tests and one-shot runs.
+    pub fn run_until_idle(&self) -> Result<u64> {
+        let mut conn = self.db.conn()?;
+        let mut ran = 0;
+        loop {
+            let lease = JobId::new().to_string();
+            let rows = conn.job_claim(&ClaimParams {
+                worker_id: &self.config.worker_id,
+                lease_token: &lease,
+                now: self.db.now(),
+                limit: 1,
+                channel: None,
+                uuids: None,
+                funcs: Some(&self.functions),
+                ignore_eta: false,
+            })?;
+            let Some(row) = rows.into_iter().next() else { return Ok(ran) };
+            executor::run_claimed(&self.db, &mut conn, &row);
+            ran += 1;
+        }
+    }
+
+    /// Run until `shutdown` is triggered: claim under the channel capacities, run on
+    /// `root`-capacity executor threads, then stop gracefully.
+    pub fn run(&self, shutdown: &Shutdown) -> Result<WorkerStats> {
+        let (events_tx, events_rx) = mpsc::channel::<Event>();
+        shutdown.attach(events_tx.clone());
+        if shutdown.is_triggered() {
+            return Ok(WorkerStats::default());
+        }
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Assignment>();
+        let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+        for n in 0..self.config.channels.total_capacity() {
+            self.spawn_executor(n, Arc::clone(&jobs_rx), events_tx.clone())?;
+        }
+        let stop_listener = Arc::new(AtomicBool::new(false));
+        if self.db.backend() == Backend::Postgres {
+            crate::notify::spawn_listener(
+                self.db.raw_url(),
+                events_tx.clone(),
+                || Event::Wake,
+                Arc::clone(&stop_listener),
+            )
+            .map_err(|source| Error::Io { what: "failed to start the listener thread", source })?;
+        }
+        tracing::info!(
+            worker = %self.config.worker_id,
+            database = %self.db.url(),
+            channels = %self.config.channels,
+            functions = self.functions.len(),
+            "worker started"
+        );
+        let outcome = self.dispatch(shutdown, &events_rx, &jobs_tx);
+        stop_listener.store(true, Ordering::Relaxed);
+        let (mut stats, in_flight) = outcome?;
+        stats.released = self.drain(&events_rx, in_flight, &mut stats);
+        tracing::info!(
+            claimed = stats.claimed,
+            finished = stats.finished,
+            released = stats.released,
+            "worker stopped"
+        );
+        Ok(stats)
+    }
+
+    fn spawn_executor(
+        &self,
+        n: usize,
+        jobs: Arc<Mutex<Receiver<Assignment>>>,
+        events: Sender<Event>,
+    ) -> Result<()> {
+        let db = self.db.clone();
+        std::thread::Builder::new()
+            .name(format!("queue-exec-{n}"))
+            .spawn(move || {
+                loop {
+                    let next = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok(Assignment { row }) = next else { return };
+                    let id = row.id;
+                    match db.conn() {
+                        Ok(mut conn) => {
+                            executor::run_claimed(&db, &mut conn, &row);
+                        }
+                        Err(e) => {
+                            tracing::error!(job = %row.uuid, error = %executor::chain(&e), "no connection to run a job; it stays claimed");
+                        }
+                    }
+                    if events.send(Event::Finished { id }).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map(|_| ())
+            .map_err(|source| Error::Io { what: "failed to start an executor thread", source })
+    }
+
+    /// The claim loop. Returns the stats and the jobs still running (id → (lease, channel)).
+    #[allow(clippy::type_complexity)]
+    fn dispatch(
+        &self,
+        shutdown: &Shutdown,
+        events: &Receiver<Event>,
+        jobs: &Sender<Assignment>,
+    ) -> Result<(WorkerStats, HashMap<i64, (String, String)>)> {
+        let channels = &self.config.channels;
+        let filters: Vec<ChannelFilter> = channels
+            .channels()
+            .map(|c| ChannelFilter {
+                node: c.name.clone(),
+                excluded: channels.configured_children(&c.name).into_iter().map(str::to_owned).collect(),
+            })
+            .collect();
+        let poll = self.poll_interval();
+        let mut load = ChannelLoad::default();
+        let mut in_flight: HashMap<i64, (String, String)> = HashMap::new();
+        let mut dry: HashSet<String> = HashSet::new();
+        let mut last_poll = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        let mut stats = WorkerStats::default();
+        while !shutdown.is_triggered() {
+            if last_poll.elapsed() >= poll {
+                dry.clear();
+                last_poll = Instant::now();
+            }
+            let mut failed = false;
+            for filter in &filters {
+                let free = load.free(channels, &filter.node);
+                if free == 0 || dry.contains(&filter.node) {
+                    continue;
+                }
+                let lease = JobId::new().to_string();
+                let claimed = self.db.conn().and_then(|mut conn| {
+                    conn.job_claim(&ClaimParams {
+                        worker_id: &self.config.worker_id,
+                        lease_token: &lease,
+                        now: self.db.now(),
+                        limit: free as i64,
+                        channel: Some(filter),
+                        uuids: None,
+                        funcs: Some(&self.functions),
+                        ignore_eta: false,
+                    })
+                });
+                match claimed {
+                    Ok(rows) => {
+                        if rows.len() < free {
+                            dry.insert(filter.node.clone());
+                        }
+                        for row in rows {
+                            load.start(&filter.node);
+                            in_flight.insert(row.id, (lease.clone(), filter.node.clone()));
+                            stats.claimed += 1;
+                            if jobs.send(Assignment { row }).is_err() {
+                                return Err(Error::Config("all executor threads stopped".into()));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %executor::chain(&e), retry_in = ?backoff, "failed to claim jobs");
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            let wait = if failed {
+                let wait = backoff;
+                backoff = (backoff * 2).min(MAX_CLAIM_BACKOFF);
+                wait
+            } else {
+                backoff = Duration::from_millis(100);
+                poll.saturating_sub(last_poll.elapsed())
+            };
+            match events.recv_timeout(wait) {
+                Ok(event) => {
+                    let mut next = Some(event);
+                    while let Some(event) = next {
+                        match event {
+                            Event::Finished { id } => {
+                                if let Some((_, node)) = in_flight.remove(&id) {
+                                    load.finish(&node);
+                                    stats.finished += 1;
+                                }
+                            }
+                            Event::Wake => dry.clear(),
+                            Event::Stop => break,
+                        }
+                        next = events.try_recv().ok();
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        Ok((stats, in_flight))
+    }
+
+    /// Wait for running jobs up to the grace period, then give back those still running.
+    fn drain(
+        &self,
+        events: &Receiver<Event>,
+        mut in_flight: HashMap<i64, (String, String)>,
+        stats: &mut WorkerStats,
+    ) -> u64 {
+        let deadline = Instant::now() + self.config.grace_period;
+        while !in_flight.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match events.recv_timeout(left) {
+                Ok(Event::Finished { id }) => {
+                    if in_flight.remove(&id).is_some() {
+                        stats.finished += 1;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        let mut released = 0;
+        for (id, (lease, _)) in in_flight {
+            match self.db.conn().and_then(|mut conn| conn.job_release(&[id], &lease)) {
+                Ok(n) => released += n as u64,
+                Err(e) => {
+                    tracing::error!(job_id = id, error = %executor::chain(&e), "failed to give back a running job")
+                }
+            }
+        }
+        released
+    }
+}
