@@ -1,1 +1,302 @@
+//! Models and harness of the integration suite. Every test gets its own database: a fresh SQLite
+//! file, or a freshly created PostgreSQL database (dropped afterwards) when
+//! `QUEUE_TEST_POSTGRES_URL` names a server (e.g. `postgres://postgres@127.0.0.1/test`).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use diesel::prelude::*;
+use queue_diesel::prelude::*;
+use queue_diesel::{Backend, DatabaseBuilder};
+
+diesel::table! {
+    /// Test model table.
+    partners (id) {
+        /// Row id.
+        id -> BigInt,
+        /// Name.
+        name -> Text,
+        /// Times exported.
+        exports -> Integer,
+        /// What the last export saw: target, user and lang.
+        note -> Text,
+    }
+}
+
+/// Test model.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Model)]
+#[diesel(table_name = partners)]
+#[queue(model = "res.partner")]
+pub struct Partner {
+    /// Row id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// Times exported.
+    pub exports: i32,
+    /// Last export's view of its environment.
+    pub note: String,
+}
+
+/// Per key: jobs of `slow_export` running now, and the most seen at once.
+static RUNNING: std::sync::Mutex<Vec<(String, usize, usize)>> = std::sync::Mutex::new(Vec::new());
+
+fn running(key: &str, delta: isize) {
+    let mut all = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+    let index = match all.iter().position(|(k, _, _)| k == key) {
+        Some(i) => i,
+        None => {
+            all.push((key.to_owned(), 0, 0));
+            all.len() - 1
+        }
+    };
+    let entry = &mut all[index];
+    entry.1 = entry.1.saturating_add_signed(delta);
+    entry.2 = entry.2.max(entry.1);
+}
+
+/// The most `slow_export` jobs of `key` seen running at once.
+pub fn max_running(key: &str) -> usize {
+    RUNNING.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(k, _, _)| k == key).map_or(0, |e| e.2)
+}
+
+#[queueable]
+impl Partner {
+    /// Export partners.
+    #[job(channel = "root.export", max_retries = 3)]
+    pub fn export(records: Vec<Partner>, env: &Env, target: String) -> JobResult<String> {
+        let lang = env.context().get("lang").and_then(|v| v.as_str()).unwrap_or("-").to_owned();
+        let note = format!("{target}:{}:{lang}", env.user_id().map(|u| u.to_string()).unwrap_or_default());
+        for p in &records {
+            diesel::update(partners::table.find(p.id))
+                .set((partners::exports.eq(partners::exports + 1), partners::note.eq(&note)))
+                .execute(&mut *env.conn())?;
+        }
+        Ok(format!("exported {}", records.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(",")))
+    }
+
+    /// Write, then fail: the write must not survive.
+    pub fn write_then_fail(records: Vec<Partner>, env: &Env, message: String) -> JobResult {
+        for p in &records {
+            diesel::update(partners::table.find(p.id))
+                .set(partners::note.eq("written"))
+                .execute(&mut *env.conn())?;
+        }
+        Err(JobError::failed("ExportError", message))
+    }
+
+    /// Panics.
+    pub fn explode(_records: Vec<Partner>) -> JobResult {
+        panic!("boom at the core")
+    }
+
+    /// Asks to be retried later.
+    #[job(max_retries = 2)]
+    pub fn flaky(_records: Vec<Partner>, after_secs: u64) -> JobResult {
+        Err(JobError::retry_after(Duration::from_secs(after_secs), "remote busy"))
+    }
+
+    /// Cancels itself.
+    pub fn give_up(_records: Vec<Partner>) -> JobResult {
+        Err(JobError::Cancel("not needed any more".into()))
+    }
+
+    /// Queues one export per record.
+    pub fn fan_out(records: Vec<Partner>, target: String) -> JobResult<String> {
+        for p in &records {
+            Partner::queue().export(p, target.clone())?;
+        }
+        Ok(format!("{} job(s)", records.len()))
+    }
+
+    /// Sleeps while counting how many of `key` run at once (for channel capacity tests).
+    #[job(channel = "root.slow")]
+    pub fn slow_export(_records: Vec<Partner>, key: String, millis: u64) -> JobResult {
+        running(&key, 1);
+        std::thread::sleep(Duration::from_millis(millis));
+        running(&key, -1);
+        Ok(())
+    }
+
+    /// Runs on the model with no records.
+    pub fn count_all(_records: Vec<Partner>, env: &Env) -> JobResult<String> {
+        let n: i64 = partners::table.count().get_result(&mut *env.conn())?;
+        Ok(format!("{n} partners"))
+    }
+}
+
+/// A database for one test, removed when dropped.
+pub struct TestDb {
+    /// The database, migrated, with the `partners` table.
+    pub db: Database,
+    /// Its URL.
+    pub url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    File(String),
+    PgDatabase { admin_url: String, name: String },
+}
+
+impl std::fmt::Debug for TestDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TestDb({})", self.url)
+    }
+}
+
+fn unique_name() -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let tag = queue_diesel::JobId::new().to_string();
+    format!("queue_test_{}_{}_{}", std::process::id(), n, &tag[..8])
+}
+
+/// Which backend a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A SQLite file.
+    Sqlite,
+    /// A PostgreSQL database.
+    Postgres,
+}
+
+/// The PostgreSQL server of the suite, if configured.
+pub fn postgres_url() -> Option<String> {
+    std::env::var("QUEUE_TEST_POSTGRES_URL").ok().filter(|u| !u.trim().is_empty())
+}
+
+impl TestDb {
+    /// A fresh database of `kind`, opened with `configure` applied to the builder (by default:
+    /// worker configured, no-delay off). `None` for PostgreSQL when no server is configured.
+    pub fn new(kind: Kind, configure: impl FnOnce(DatabaseBuilder) -> DatabaseBuilder) -> Option<TestDb> {
+        let name = unique_name();
+        let (url, cleanup) = match kind {
+            Kind::Sqlite => {
+                let path =
+                    std::env::temp_dir().join(format!("{name}.sqlite3")).to_string_lossy().into_owned();
+                (path.clone(), Cleanup::File(path))
+            }
+            Kind::Postgres => {
+                let admin_url = postgres_url()?;
+                let mut admin = PgConnection::establish(&admin_url)
+                    .unwrap_or_else(|e| panic!("QUEUE_TEST_POSTGRES_URL is set but unreachable: {e}"));
+                diesel::sql_query(format!("CREATE DATABASE {name}"))
+                    .execute(&mut admin)
+                    .expect("create a test database");
+                let base = admin_url.rsplit_once('/').map(|(base, _)| base).unwrap_or(&admin_url);
+                (format!("{base}/{name}"), Cleanup::PgDatabase { admin_url, name })
+            }
+        };
+        let builder = Database::builder(&url).worker(true).no_delay(false).pool_size(8);
+        let db = configure(builder).open().expect("open the test database");
+        let sql = match db.backend() {
+            Backend::Sqlite => {
+                "CREATE TABLE partners (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, exports INTEGER NOT NULL DEFAULT 0, note TEXT NOT NULL DEFAULT '')"
+            }
+            Backend::Postgres => {
+                "CREATE TABLE partners (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL, exports INTEGER NOT NULL DEFAULT 0, note TEXT NOT NULL DEFAULT '')"
+            }
+        };
+        db.conn().expect("connection").batch(sql).expect("create partners");
+        Some(TestDb { db, url, cleanup })
+    }
+
+    /// Reopen the same database with other settings (same tables, same rows).
+    pub fn reopen(&self, configure: impl FnOnce(DatabaseBuilder) -> DatabaseBuilder) -> Database {
+        configure(Database::builder(&self.url).worker(true).no_delay(false).pool_size(8))
+            .open()
+            .expect("reopen the test database")
+    }
+
+    /// Insert partners by name; returns them.
+    pub fn partners(&self, names: &[&str]) -> Vec<Partner> {
+        let mut conn = self.db.conn().expect("connection");
+        for name in names {
+            diesel::insert_into(partners::table)
+                .values(partners::name.eq(*name))
+                .execute(&mut *conn)
+                .expect("insert");
+        }
+        partners::table.select(Partner::as_select()).order(partners::id).load(&mut *conn).expect("load")
+    }
+
+    /// One partner as stored now.
+    pub fn partner(&self, id: i64) -> Option<Partner> {
+        partners::table
+            .find(id)
+            .select(Partner::as_select())
+            .first(&mut *self.db.conn().expect("connection"))
+            .optional()
+            .expect("load")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        match &self.cleanup {
+            Cleanup::File(path) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{path}{suffix}"));
+                }
+            }
+            Cleanup::PgDatabase { admin_url, name } => {
+                if let Ok(mut admin) = PgConnection::establish(admin_url) {
+                    let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut admin);
+                }
+            }
+        }
+    }
+}
+
+/// Triggers a worker's shutdown when dropped, so a failed assertion never leaves a worker
+/// thread running inside `std::thread::scope`.
+#[derive(Debug)]
+pub struct StopOnDrop<'a>(pub &'a queue_diesel::Shutdown);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.trigger();
+    }
+}
+
+/// Wait until `done` holds, up to `limit`; false if it never did.
+pub fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    done()
+}
+
+/// Define each test once per backend: `backend_tests!(name, …)` expects `fn name(t: TestDb)`
+/// (opened with worker configured) and emits `sqlite::name` and `postgres::name`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $name() {
+                    let t = $crate::TestDb::new($crate::Kind::Sqlite, |b| b).expect("sqlite always works");
+                    super::$name(t);
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $name() {
+                    match $crate::TestDb::new($crate::Kind::Postgres, |b| b) {
+                        Some(t) => super::$name(t),
+                        None => eprintln!("skipped: set QUEUE_TEST_POSTGRES_URL to run the PostgreSQL tests"),
+                    }
+                }
+            )*
+        }
+    };
+}

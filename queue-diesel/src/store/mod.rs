@@ -458,10 +458,10 @@ mod claim {
         /// `substr(channel, 1, len) = 'name.'`: the sub-channels of `name`, compared exactly
         /// (LIKE would treat `_` as a wildcard and ignore case on SQLite).
         fn push_prefix_expr(&mut self, name: &str) {
+            // The length is a number we computed, not input: inlined, it keeps the argument an
+            // integer on PostgreSQL (a bound BIGINT has no substr overload).
             let prefix = format!("{name}.");
-            self.push("substr(channel, 1, ");
-            self.bind(Bind::Int(prefix.len() as i64));
-            self.push(") = ");
+            self.push(&format!("substr(channel, 1, {}) = ", prefix.len()));
             self.bind(Bind::Text(prefix));
         }
 

@@ -1,0 +1,168 @@
+//! The storage seam, method by method.
+
+use chrono::{TimeDelta, Utc};
+use queue_diesel::core::NewJob;
+use queue_diesel::core::options::{FunctionDefaults, JobOptions};
+use queue_diesel::store::{ChannelFilter, ClaimParams, FinishParams, ListParams, Store};
+use queue_diesel::{Context, JobId, JobState};
+use queue_tests::{TestDb, backend_tests};
+
+backend_tests!(
+    claim_takes_due_jobs_by_priority_then_age,
+    claim_respects_channel_filters,
+    finish_is_fenced_by_the_lease,
+    release_gives_jobs_back_without_counting_the_try,
+    insert_many_and_count_by_state,
+);
+
+fn new_job(channel: &str, priority: i32, eta_secs: Option<i64>) -> NewJob {
+    let now = Utc::now();
+    let options = JobOptions {
+        priority: Some(priority),
+        channel: Some(channel.to_owned()),
+        eta: eta_secs.map(|s| TimeDelta::seconds(s).into()),
+        ..JobOptions::default()
+    };
+    NewJob {
+        uuid: JobId::new(),
+        func: "res.partner.export".into(),
+        model: "res.partner".into(),
+        record_ids: vec![1],
+        args: serde_json::json!({"target": "x"}),
+        context: Context::user(1),
+        options: options.resolve(&FunctionDefaults::default(), "res.partner.export", now).expect("valid"),
+        created_at: now,
+    }
+}
+
+fn claim(conn: &mut queue_diesel::AnyConnection, limit: i64, channel: Option<&ChannelFilter>) -> Vec<String> {
+    let rows = conn
+        .job_claim(&ClaimParams {
+            worker_id: "w1",
+            lease_token: "lease-1",
+            now: Utc::now(),
+            limit,
+            channel,
+            uuids: None,
+            funcs: Some(&["res.partner.export"]),
+            ignore_eta: false,
+        })
+        .expect("claim");
+    let mut rows = rows;
+    rows.sort_by_key(|r| (r.priority, r.id));
+    rows.into_iter().map(|r| r.channel).collect()
+}
+
+fn claim_takes_due_jobs_by_priority_then_age(t: TestDb) {
+    let mut conn = t.db.conn().expect("conn");
+    let jobs = vec![
+        new_job("root.a", 10, None),
+        new_job("root.b", 5, None),
+        new_job("root.c", 10, None),
+        new_job("root.later", 1, Some(3600)),
+    ];
+    conn.job_insert_many(&jobs).expect("insert");
+    let first = conn
+        .job_claim(&ClaimParams {
+            worker_id: "w1",
+            lease_token: "lease-1",
+            now: Utc::now(),
+            limit: 1,
+            channel: None,
+            uuids: None,
+            funcs: None,
+            ignore_eta: false,
+        })
+        .expect("claim");
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].channel, "root.b", "lowest priority number first");
+    assert_eq!(first[0].state, "started");
+    assert_eq!(first[0].attempts, 1);
+    assert_eq!(first[0].worker_id.as_deref(), Some("w1"));
+    assert_eq!(claim(&mut conn, 10, None), vec!["root.a", "root.c"], "then by age; the future eta stays");
+    assert!(claim(&mut conn, 10, None).is_empty());
+}
+
+fn claim_respects_channel_filters(t: TestDb) {
+    let mut conn = t.db.conn().expect("conn");
+    let channels = ["root", "root.export", "root.export.eu", "root.export_x", "root.mail", "root.exportable"];
+    let jobs: Vec<NewJob> = channels.iter().map(|c| new_job(c, 10, None)).collect();
+    conn.job_insert_many(&jobs).expect("insert");
+    let export = ChannelFilter { node: "root.export".into(), excluded: vec![] };
+    assert_eq!(
+        claim(&mut conn, 10, Some(&export)),
+        vec!["root.export", "root.export.eu"],
+        "no prefix look-alikes"
+    );
+    let root = ChannelFilter { node: "root".into(), excluded: vec!["root.mail".into()] };
+    assert_eq!(claim(&mut conn, 10, Some(&root)), vec!["root", "root.export_x", "root.exportable"]);
+}
+
+fn finish_is_fenced_by_the_lease(t: TestDb) {
+    let mut conn = t.db.conn().expect("conn");
+    conn.job_insert_many(&[new_job("root", 10, None)]).expect("insert");
+    let rows = conn
+        .job_claim(&ClaimParams {
+            worker_id: "w1",
+            lease_token: "lease-1",
+            now: Utc::now(),
+            limit: 1,
+            channel: None,
+            uuids: None,
+            funcs: None,
+            ignore_eta: false,
+        })
+        .expect("claim");
+    let finish = |lease: &'static str| FinishParams {
+        id: rows[0].id,
+        lease_token: lease,
+        state: JobState::Done,
+        result: Some("ok"),
+        exc: None,
+        eta: None,
+        now: Utc::now(),
+    };
+    assert!(!conn.job_finish(&finish("someone-else")).expect("finish"), "a stale lease cannot finish");
+    assert!(conn.job_finish(&finish("lease-1")).expect("finish"));
+    assert!(!conn.job_finish(&finish("lease-1")).expect("finish"), "and never twice");
+    let job = conn.job_get(&rows[0].uuid.parse().expect("uuid")).expect("get").expect("exists");
+    assert_eq!(job.state, JobState::Done);
+    assert_eq!(job.result.as_deref(), Some("ok"));
+}
+
+fn release_gives_jobs_back_without_counting_the_try(t: TestDb) {
+    let mut conn = t.db.conn().expect("conn");
+    conn.job_insert_many(&[new_job("root", 10, None)]).expect("insert");
+    let rows = conn
+        .job_claim(&ClaimParams {
+            worker_id: "w1",
+            lease_token: "lease-1",
+            now: Utc::now(),
+            limit: 1,
+            channel: None,
+            uuids: None,
+            funcs: None,
+            ignore_eta: false,
+        })
+        .expect("claim");
+    assert_eq!(conn.job_release(&[rows[0].id], "other").expect("release"), 0);
+    assert_eq!(conn.job_release(&[rows[0].id], "lease-1").expect("release"), 1);
+    let job = conn.job_get(&rows[0].uuid.parse().expect("uuid")).expect("get").expect("exists");
+    assert_eq!(job.state, JobState::Pending);
+    assert_eq!(job.attempts, 0);
+    assert_eq!(job.lease_token, None);
+}
+
+fn insert_many_and_count_by_state(t: TestDb) {
+    let mut conn = t.db.conn().expect("conn");
+    let jobs: Vec<NewJob> = (0..2500).map(|_| new_job("root", 10, None)).collect();
+    conn.job_insert_many(&jobs).expect("insert in chunks");
+    assert_eq!(claim(&mut conn, 500, None).len(), 500);
+    assert_eq!(
+        conn.job_count_by_state().expect("count"),
+        vec![(JobState::Pending, 2000), (JobState::Started, 500)]
+    );
+    let listed =
+        conn.job_list(&ListParams { state: Some(JobState::Started), limit: 10, ..ListParams::default() });
+    assert_eq!(listed.expect("list").len(), 10);
+}

@@ -1,0 +1,169 @@
+//! The threaded worker: channel capacities, wake-ups, shutdown, several workers on one database.
+
+use std::time::Duration;
+
+use queue_diesel::prelude::*;
+use queue_diesel::store::ListParams;
+use queue_diesel::{Backend, JobId, JobState, Shutdown, Worker, WorkerConfig};
+use queue_tests::{Partner, StopOnDrop, TestDb, backend_tests, max_running, wait_for};
+
+backend_tests!(
+    channel_capacity_limits_concurrent_jobs,
+    notify_or_poll_wakes_an_idle_worker,
+    shutdown_waits_for_running_jobs,
+    shutdown_after_grace_gives_running_jobs_back,
+    two_workers_never_run_a_job_twice,
+);
+
+fn all_done(db: &Database, n: usize) -> bool {
+    let done = db.jobs(&ListParams { state: Some(JobState::Done), limit: 100_000, ..ListParams::default() });
+    done.map(|d| d.len() == n).unwrap_or(false)
+}
+
+fn key() -> String {
+    JobId::new().to_string()
+}
+
+fn channel_capacity_limits_concurrent_jobs(t: TestDb) {
+    let list = t.partners(&["ada"]);
+    let key = key();
+    t.db.transaction(Context::new(), |_| {
+        for _ in 0..6 {
+            Partner::queue().slow_export(&list, key.clone(), 30)?;
+            Partner::queue().export(&list, "erp".into())?;
+        }
+        Ok::<_, queue_diesel::Error>(())
+    })
+    .expect("queued");
+    let config =
+        WorkerConfig { channels: "root:3,root.slow:1".parse().expect("valid"), ..WorkerConfig::default() };
+    let worker = Worker::new(t.db.clone(), config).expect("worker");
+    let shutdown = Shutdown::new();
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&shutdown);
+        let run = s.spawn(|| worker.run(&shutdown));
+        assert!(wait_for(Duration::from_secs(30), || all_done(&t.db, 12)), "all jobs ran");
+        shutdown.trigger();
+        let stats = run.join().expect("no panic").expect("clean stop");
+        assert_eq!(stats.claimed, 12);
+        assert_eq!(stats.released, 0);
+    });
+    assert_eq!(max_running(&key), 1, "root.slow:1 never ran two at once");
+    assert_eq!(t.partner(list[0].id).expect("row").exports, 6);
+}
+
+fn notify_or_poll_wakes_an_idle_worker(t: TestDb) {
+    // On PostgreSQL the poll is too slow for the test to pass without LISTEN/NOTIFY.
+    let poll = match t.db.backend() {
+        Backend::Postgres => Duration::from_secs(120),
+        Backend::Sqlite => Duration::from_millis(50),
+    };
+    let config = WorkerConfig { poll_interval: Some(poll), ..WorkerConfig::default() };
+    let worker = Worker::new(t.db.clone(), config).expect("worker");
+    let list = t.partners(&["ada"]);
+    let shutdown = Shutdown::new();
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&shutdown);
+        let run = s.spawn(|| worker.run(&shutdown));
+        std::thread::sleep(Duration::from_millis(500)); // idle, past its first claim
+        for round in 1..=3 {
+            t.db.transaction(Context::new(), |_| Partner::queue().export(&list, "x".into())).expect("queued");
+            assert!(wait_for(Duration::from_secs(20), || all_done(&t.db, round)), "woken for job {round}");
+        }
+        shutdown.trigger();
+        run.join().expect("no panic").expect("clean stop");
+    });
+}
+
+fn shutdown_waits_for_running_jobs(t: TestDb) {
+    let list = t.partners(&["ada"]);
+    let id =
+        t.db.transaction(Context::new(), |_| Partner::queue().slow_export(&list, key(), 400))
+            .expect("q")
+            .uuid();
+    let config = WorkerConfig { grace_period: Duration::from_secs(30), ..WorkerConfig::default() };
+    let worker = Worker::new(t.db.clone(), config).expect("worker");
+    let shutdown = Shutdown::new();
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&shutdown);
+        let run = s.spawn(|| worker.run(&shutdown));
+        assert!(wait_for(Duration::from_secs(10), || t
+            .db
+            .job(&id)
+            .is_ok_and(|j| j.state == JobState::Started)));
+        shutdown.trigger();
+        let stats = run.join().expect("no panic").expect("clean stop");
+        assert_eq!((stats.finished, stats.released), (1, 0));
+    });
+    assert_eq!(t.db.job(&id).expect("job").state, JobState::Done, "finished within the grace period");
+}
+
+fn shutdown_after_grace_gives_running_jobs_back(t: TestDb) {
+    let list = t.partners(&["ada"]);
+    let id =
+        t.db.transaction(Context::new(), |_| Partner::queue().slow_export(&list, key(), 1500))
+            .expect("q")
+            .uuid();
+    let config = WorkerConfig { grace_period: Duration::from_millis(100), ..WorkerConfig::default() };
+    let worker = Worker::new(t.db.clone(), config).expect("worker");
+    let shutdown = Shutdown::new();
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&shutdown);
+        let run = s.spawn(|| worker.run(&shutdown));
+        assert!(wait_for(Duration::from_secs(10), || t
+            .db
+            .job(&id)
+            .is_ok_and(|j| j.state == JobState::Started)));
+        shutdown.trigger();
+        let stats = run.join().expect("no panic").expect("clean stop");
+        if t.db.backend() == Backend::Sqlite {
+            // SQLite has one writer: the running job's transaction holds the write lock, so the
+            // release waits for it and finds the job done.
+            assert_eq!(stats.released, 0);
+        } else {
+            assert_eq!(stats.released, 1);
+        }
+    });
+    let job = t.db.job(&id).expect("job");
+    if t.db.backend() == Backend::Sqlite {
+        assert_eq!(job.state, JobState::Done, "finished while the release waited for the lock");
+        return;
+    }
+    assert_eq!(job.state, JobState::Pending, "given back for another worker");
+    assert_eq!(job.attempts, 0, "the interrupted try does not count");
+    // The abandoned run finishes later but cannot commit: its lease is gone.
+    std::thread::sleep(Duration::from_millis(1700));
+    assert_eq!(t.db.job(&id).expect("job").state, JobState::Pending);
+    let next = Worker::new(t.db.clone(), WorkerConfig::default()).expect("worker");
+    assert_eq!(next.run_until_idle().expect("runs"), 1);
+    assert_eq!(t.db.job(&id).expect("job").state, JobState::Done);
+}
+
+fn two_workers_never_run_a_job_twice(t: TestDb) {
+    let names: Vec<String> = (0..120).map(|i| format!("p{i}")).collect();
+    let list = t.partners(&names.iter().map(String::as_str).collect::<Vec<_>>());
+    t.db.transaction(Context::new(), |_| {
+        for p in &list {
+            Partner::queue().export(p, "x".into())?;
+        }
+        Ok::<_, queue_diesel::Error>(())
+    })
+    .expect("queued");
+    let config = || WorkerConfig { channels: "root:2".parse().expect("valid"), ..WorkerConfig::default() };
+    let first = Worker::new(t.db.clone(), config()).expect("worker");
+    let second = Worker::new(t.reopen(|b| b), config()).expect("worker");
+    let shutdown = Shutdown::new();
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&shutdown);
+        let a = s.spawn(|| first.run(&shutdown));
+        let b = s.spawn(|| second.run(&shutdown));
+        assert!(wait_for(Duration::from_secs(60), || all_done(&t.db, list.len())), "all jobs ran");
+        shutdown.trigger();
+        let a = a.join().expect("no panic").expect("clean stop");
+        let b = b.join().expect("no panic").expect("clean stop");
+        assert_eq!(a.claimed + b.claimed, list.len() as u64, "each job claimed once");
+    });
+    for p in &list {
+        assert_eq!(t.partner(p.id).expect("row").exports, 1, "{} exported exactly once", p.name);
+    }
+}
