@@ -112,7 +112,6 @@ pub fn queueable(q: &Queueable) -> TokenStream {
         let method_name = name.to_string();
         let entry = format_ident!("__QUEUE_FN_{}", name);
         let thunk = format_ident!("__queue_run_{}", name);
-        let assert_fn = format_ident!("__queue_assert_{}", name);
         let vis = &method.vis;
         let opt_str = |v: &Option<syn::LitStr>| match v {
             Some(lit) => quote!(::core::option::Option::Some(#lit)),
@@ -142,22 +141,21 @@ pub fn queueable(q: &Queueable) -> TokenStream {
         let mut decode = Vec::new();
         let mut wrapper_params = Vec::new();
         let mut encode = Vec::new();
-        let mut asserts = Vec::new();
         for param in &method.params {
             match param {
                 Param::Env => call_args.push(quote!(env)),
                 Param::Arg { ident, ty } => {
                     let key = ident.to_string();
-                    decode.push(quote!(let #ident: #ty = __q::arg(inv, #key)?;));
+                    // Spanned at the argument's type: a type that cannot be stored is reported there.
+                    decode.push(quote_spanned!(ty.span()=> let #ident: #ty = __q::arg(inv, #key)?;));
                     call_args.push(quote!(#ident));
                     wrapper_params.push(quote!(#ident: #ty));
-                    encode.push(quote! {
+                    encode.push(quote_spanned! {ty.span()=>
                         __args.insert(
                             ::std::string::String::from(#key),
-                            __q::encode_arg(&#ident, #method_name, #key)?,
+                            __q::encode_arg::<#ty>(&#ident, #method_name, #key)?,
                         );
                     });
-                    asserts.push(quote_spanned!(ty.span()=> __q::assert_job_arg::<#ty>();));
                 }
             }
         }
@@ -186,11 +184,6 @@ pub fn queueable(q: &Queueable) -> TokenStream {
                 let records = __q::load_records::<#self_ty>(env, inv)?;
                 #(#decode)*
                 __q::JobReturn::into_outcome(#self_ty::#name(records, #(#call_args),*))
-            }
-
-            #[allow(dead_code, non_snake_case)]
-            fn #assert_fn() {
-                #(#asserts)*
             }
 
             impl #builder {

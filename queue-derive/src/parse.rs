@@ -159,7 +159,7 @@ pub struct JobAttr {
 /// One parameter of a job method after the records.
 pub enum Param {
     Env,
-    Arg { ident: Ident, ty: Type },
+    Arg { ident: Ident, ty: Box<Type> },
 }
 
 /// One queueable method.
@@ -193,29 +193,47 @@ fn parse_job_attr(attr: &Attribute, errors: &mut Errors) -> JobAttr {
     if matches!(attr.meta, Meta::Path(_)) {
         return job;
     }
+    // Each bad option is reported and skipped, so one pass shows them all.
     let parsed = attr.parse_nested_meta(|meta| {
         let key = meta.path.to_token_stream().to_string();
-        match key.as_str() {
-            "channel" => {
-                let lit: LitStr = meta.value()?.parse()?;
-                if !valid_channel(&lit.value()) {
-                    return Err(syn::Error::new(
+        let value: Expr = meta.value()?.parse()?;
+        let string = || match &value {
+            Expr::Lit(syn::ExprLit { lit: Lit::Str(s), .. }) => Ok(s.clone()),
+            other => Err(syn::Error::new(other.span(), format!("expected a string for `{key}`"))),
+        };
+        let integer = |min: i64| match &value {
+            Expr::Lit(syn::ExprLit { lit: Lit::Int(i), .. }) if i.base10_parse::<i64>().is_ok_and(|n| n >= min) => {
+                Ok(i.clone())
+            }
+            other => Err(syn::Error::new(other.span(), format!("expected a whole number >= {min} for `{key}`"))),
+        };
+        let outcome = match key.as_str() {
+            "channel" => string().and_then(|lit| {
+                if valid_channel(&lit.value()) {
+                    job.channel = Some(lit);
+                    Ok(())
+                } else {
+                    Err(syn::Error::new(
                         lit.span(),
-                        format!("invalid channel {:?}: expected \"root\" or a dotted name under it, like \"root.export\"", lit.value()),
-                    ));
+                        format!(
+                            "invalid channel {:?}: expected \"root\" or a dotted name under it, like \"root.export\"",
+                            lit.value()
+                        ),
+                    ))
                 }
-                job.channel = Some(lit);
-            }
-            "priority" => job.priority = Some(meta.value()?.parse()?),
-            "max_retries" => {
-                let lit: syn::LitInt = meta.value()?.parse()?;
-                lit.base10_parse::<u32>().map_err(|_| {
-                    syn::Error::new(lit.span(), "expected max_retries >= 0 (0 retries forever)")
-                })?;
-                job.max_retries = Some(lit);
-            }
-            "description" => job.description = Some(meta.value()?.parse()?),
-            _ => return Err(meta.error(format!("unknown job option `{key}`; expected one of: {JOB_KEYS}"))),
+            }),
+            "priority" => integer(i64::from(i32::MIN)).map(|lit| job.priority = Some(lit)),
+            "max_retries" => integer(0)
+                .map(|lit| job.max_retries = Some(lit))
+                .map_err(|e| syn::Error::new(e.span(), "expected max_retries >= 0 (0 retries forever)")),
+            "description" => string().map(|lit| job.description = Some(lit)),
+            _ => Err(syn::Error::new(
+                meta.path.span(),
+                format!("unknown job option `{key}`; expected one of: {JOB_KEYS}"),
+            )),
+        };
+        if let Err(e) = outcome {
+            errors.add(e);
         }
         Ok(())
     });
@@ -377,7 +395,7 @@ pub fn queueable(args: TokenStream, mut item: ItemImpl) -> (ItemImpl, syn::Resul
                 );
                 continue;
             }
-            params.push(Param::Arg { ident: pat.ident.clone(), ty: (*typed.ty).clone() });
+            params.push(Param::Arg { ident: pat.ident.clone(), ty: typed.ty.clone() });
         }
         methods.push(Method {
             ident: sig.ident.clone(),

@@ -167,8 +167,8 @@ pub fn run(cli: Cli) -> Result<()> {
                     let state = state.map(|s| s.parse::<JobState>()).transpose()?;
                     let jobs = conn.job_list(&ListParams { state, func, limit })?;
                     println!(
-                        "{:<36}  {:<17}  {:>4}  {:<16}  {:>3}  {}",
-                        "UUID", "STATE", "PRIO", "CHANNEL", "TRY", "FUNCTION"
+                        "{:<36}  {:<17}  {:>4}  {:<16}  {:>3}  FUNCTION",
+                        "UUID", "STATE", "PRIO", "CHANNEL", "TRY"
                     );
                     for job in jobs {
                         println!(

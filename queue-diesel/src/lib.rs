@@ -105,7 +105,4 @@ pub mod __private {
     pub use queue_core::options::{FunctionDefaults, JobOptions};
     pub use queue_core::{Eta, JobResult};
     pub use serde_json::{Map, Value};
-
-    /// Compile-time check that an argument type can be stored and read back.
-    pub fn assert_job_arg<T: serde::Serialize + serde::de::DeserializeOwned>() {}
 }

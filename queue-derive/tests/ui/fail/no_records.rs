@@ -1,0 +1,26 @@
+use diesel::prelude::*;
+use queue_diesel::prelude::*;
+
+diesel::table! { partners (id) { id -> BigInt, name -> Text } }
+
+#[derive(Queryable, Selectable, Model)]
+#[diesel(table_name = partners)]
+#[queue(model = "res.partner")]
+pub struct Partner {
+    pub id: i64,
+    pub name: String,
+}
+
+#[queueable]
+impl Partner {
+    pub fn export(target: String) -> JobResult {
+        let _ = target;
+        Ok(())
+    }
+
+    pub fn nothing() -> JobResult {
+        Ok(())
+    }
+}
+
+fn main() {}

@@ -1,0 +1,70 @@
+//! The bundled `queue-worker` binary: it migrates and shows jobs, and refuses to run jobs it
+//! cannot know.
+
+use std::process::Command;
+
+fn queue_worker(db: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_queue-worker"))
+        .args(args)
+        .env("DATABASE_URL", db)
+        .env("QUEUE_LOG", "error")
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn temp_db(name: &str) -> String {
+    let path = std::env::temp_dir().join(format!("queue-cli-{name}-{}.sqlite3", std::process::id()));
+    let path = path.to_string_lossy().into_owned();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{path}{suffix}"));
+    }
+    path
+}
+
+#[test]
+fn run_refuses_without_job_functions() {
+    let db = temp_db("run");
+    let (ok, _, err) = queue_worker(&db, &["run"]);
+    assert!(!ok);
+    assert!(err.contains("no job function is registered in this binary"), "{err}");
+    assert!(err.contains("build a worker binary that links your models"), "{err}");
+}
+
+#[test]
+fn migrate_then_list_show_and_count() {
+    let db = temp_db("jobs");
+    let (ok, out, err) = queue_worker(&db, &["migrate"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("queue schema is up to date"), "{out}");
+    let (ok, out, err) = queue_worker(&db, &["jobs", "list"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("UUID"), "{out}");
+    let (ok, _, err) = queue_worker(&db, &["jobs", "show", "not-a-uuid"]);
+    assert!(!ok);
+    assert!(err.contains("expected a job uuid, got \"not-a-uuid\""), "{err}");
+    let (ok, _, err) = queue_worker(&db, &["jobs", "show", "6f1c1f43-1b0e-4e0b-9d7b-6a3c1f3f0a11"]);
+    assert!(!ok);
+    assert!(err.contains("no job with uuid 6f1c1f43-1b0e-4e0b-9d7b-6a3c1f3f0a11"), "{err}");
+    let (ok, _, err) = queue_worker(&db, &["jobs", "list", "--state", "exploded"]);
+    assert!(!ok);
+    assert!(err.contains("unknown job state \"exploded\""), "{err}");
+    let (ok, _, _) = queue_worker(&db, &["jobs", "count"]);
+    assert!(ok);
+}
+
+#[test]
+fn bad_configuration_is_refused_with_the_bad_token() {
+    let db = temp_db("config");
+    let (ok, _, err) = queue_worker(&db, &["run", "--channels", "root:4,root.export:0"]);
+    assert!(!ok);
+    assert!(err.contains(r#"expected channel capacity > 0 in "root.export:0", got "0""#), "{err}");
+    let (ok, _, err) = queue_worker("mysql://root:pw@localhost/test", &["jobs", "list"]);
+    assert!(!ok);
+    assert!(err.contains("MySQL/MariaDB is not supported yet"), "{err}");
+    assert!(!err.contains(":pw@"), "password hidden: {err}");
+}
