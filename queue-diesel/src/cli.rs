@@ -125,7 +125,8 @@ pub fn run(cli: Cli) -> Result<()> {
             if registry()?.is_empty() {
                 return Err(Error::NoFunctions);
             }
-            let db = Database::builder(&cli.database_url).worker(true).open()?;
+            let pool = u32::try_from(channels.total_capacity() + 2).unwrap_or(u32::MAX);
+            let db = Database::builder(&cli.database_url).worker(true).pool_size(pool.max(4)).open()?;
             let config = WorkerConfig {
                 channels,
                 poll_interval: args.poll_interval_ms.map(Duration::from_millis),

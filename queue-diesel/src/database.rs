@@ -42,10 +42,16 @@ pub fn redact(url: &str) -> String {
 }
 
 /// Opens connections of one backend for the pool, with the session settings the queue needs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Manager {
     url: String,
     backend: Backend,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager").field("url", &redact(&self.url)).field("backend", &self.backend).finish()
+    }
 }
 
 impl Manager {
@@ -88,7 +94,7 @@ impl ManageConnection for Manager {
 }
 
 /// How a [`Database`] is opened.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DatabaseBuilder {
     url: String,
     worker: bool,
@@ -96,6 +102,18 @@ pub struct DatabaseBuilder {
     pool_size: u32,
     migrate: bool,
     clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for DatabaseBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseBuilder")
+            .field("url", &redact(&self.url))
+            .field("worker", &self.worker)
+            .field("no_delay", &self.no_delay)
+            .field("pool_size", &self.pool_size)
+            .field("migrate", &self.migrate)
+            .finish()
+    }
 }
 
 impl DatabaseBuilder {
@@ -173,7 +191,6 @@ pub struct Database {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     pool: Pool<Manager>,
     backend: Backend,
@@ -181,6 +198,18 @@ struct Inner {
     worker: bool,
     no_delay: bool,
     clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("url", &redact(&self.url))
+            .field("backend", &self.backend)
+            .field("pool_size", &self.pool.max_size())
+            .field("worker", &self.worker)
+            .field("no_delay", &self.no_delay)
+            .finish()
+    }
 }
 
 impl Database {
@@ -221,6 +250,11 @@ impl Database {
     /// The URL as given (with its password), for connections outside the pool.
     pub(crate) fn raw_url(&self) -> String {
         self.inner.url.clone()
+    }
+
+    /// Most connections the pool opens.
+    pub fn pool_size(&self) -> u32 {
+        self.inner.pool.max_size()
     }
 
     /// True when a worker runs the jobs (they are not run after commit).
@@ -295,6 +329,8 @@ mod tests {
 
     #[test]
     fn passwords_are_hidden() {
+        let builder = Database::builder("postgres://u:secret@h:5432/db");
+        assert!(!format!("{builder:?}").contains("secret"));
         assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("queue.sqlite3"), "queue.sqlite3");

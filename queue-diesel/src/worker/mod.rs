@@ -189,6 +189,15 @@ impl Worker {
         if functions.is_empty() {
             return Err(Error::NoFunctions);
         }
+        // One connection per executor, one for claims, one to spare for the application.
+        let needed = config.channels.total_capacity() + 2;
+        if (db.pool_size() as usize) < needed {
+            return Err(Error::Config(format!(
+                "the connection pool holds {} connections but channels {} need {needed} (capacity of root + 2): raise the pool size",
+                db.pool_size(),
+                config.channels
+            )));
+        }
         Ok(Worker { db, config, functions })
     }
 
