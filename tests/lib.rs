@@ -96,6 +96,18 @@ impl Partner {
         Err(JobError::retry_after(Duration::from_secs(after_secs), "remote busy"))
     }
 
+    /// Retries with the delays of its pattern, forever.
+    #[job(retry_pattern = "1:5,3:50", max_retries = 0)]
+    pub fn patterned(_records: Vec<Partner>) -> JobResult {
+        Err(JobError::retry("not yet"))
+    }
+
+    /// Postpones itself without using up its tries.
+    #[job(max_retries = 1)]
+    pub fn waits_for_data(_records: Vec<Partner>) -> JobResult {
+        Err(JobError::postpone(Duration::from_secs(30), "data not there yet"))
+    }
+
     /// Cancels itself.
     pub fn give_up(_records: Vec<Partner>) -> JobResult {
         Err(JobError::Cancel("not needed any more".into()))

@@ -26,6 +26,9 @@ pub enum Error {
     /// A channel name given to a job is not under `root`, or is malformed.
     #[error("invalid channel name {0:?}: expected \"root\" or a dotted name under it, like \"root.export\"")]
     ChannelName(String),
+    /// A retry pattern could not be parsed.
+    #[error("invalid retry pattern: {0}")]
+    RetryPattern(String),
     /// Two job functions were registered under the same name.
     #[error("job function {0:?} is registered twice; function names must be unique")]
     DuplicateFunction(String),
@@ -59,6 +62,9 @@ pub enum JobError {
         after: Option<Duration>,
         /// Why the job must be retried; stored as the job's message.
         reason: String,
+        /// Do not count this try against `max_retries` (queue_job's `ignore_retry`, modelqueue's
+        /// `Retry`): for "not now" rather than "went wrong".
+        ignore_attempt: bool,
     },
     /// Stop trying: the job becomes `cancelled` with this reason.
     Cancel(String),
@@ -78,12 +84,18 @@ pub enum JobError {
 impl JobError {
     /// A retry after the function's default delay.
     pub fn retry(reason: impl Into<String>) -> Self {
-        JobError::Retry { after: None, reason: reason.into() }
+        JobError::Retry { after: None, reason: reason.into(), ignore_attempt: false }
     }
 
     /// A retry after `after`.
     pub fn retry_after(after: Duration, reason: impl Into<String>) -> Self {
-        JobError::Retry { after: Some(after), reason: reason.into() }
+        JobError::Retry { after: Some(after), reason: reason.into(), ignore_attempt: false }
+    }
+
+    /// Try again after `after` without counting this try: the job is not ready yet (a
+    /// resource is busy, data is not there yet). It can postpone itself forever.
+    pub fn postpone(after: Duration, reason: impl Into<String>) -> Self {
+        JobError::Retry { after: Some(after), reason: reason.into(), ignore_attempt: true }
     }
 
     /// A failure with a name and message of the caller's choosing.
@@ -101,10 +113,11 @@ impl fmt::Debug for JobError {
 impl fmt::Display for JobError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            JobError::Retry { after: Some(after), reason } => {
-                write!(f, "retry in {after:?}: {reason}")
+            JobError::Retry { after: Some(after), reason, ignore_attempt: true } => {
+                write!(f, "postponed by {after:?}: {reason}")
             }
-            JobError::Retry { after: None, reason } => write!(f, "retry: {reason}"),
+            JobError::Retry { after: Some(after), reason, .. } => write!(f, "retry in {after:?}: {reason}"),
+            JobError::Retry { after: None, reason, .. } => write!(f, "retry: {reason}"),
             JobError::Cancel(reason) => write!(f, "cancelled: {reason}"),
             JobError::NothingToDo(message) => write!(f, "nothing to do: {message}"),
             JobError::Failed { name, message, .. } => write!(f, "{name}: {message}"),

@@ -4,7 +4,7 @@
 //! transaction. This crate holds the parts that need no database: the persisted shape of a job
 //! ([`job`]), its states ([`state`]), the options a caller may set ([`options`]), the captured user
 //! and context ([`context`]), channel capacities ([`channel`]), the registry of job functions
-//! ([`registry`]), the clock ([`clock`]) and the two error types ([`error`]): [`Error`] for library
+//! ([`registry`]), retry patterns ([`retry`]), the clock ([`clock`]) and the two error types ([`error`]): [`Error`] for library
 //! failures and [`JobError`] for a job's own verdict.
 //!
 //! Applications use it through `queue-diesel`, which re-exports everything here.
@@ -30,6 +30,7 @@ pub mod error;
 pub mod job;
 pub mod options;
 pub mod registry;
+pub mod retry;
 pub mod state;
 
 pub use channel::ChannelConfig;
@@ -39,4 +40,5 @@ pub use error::{Error, JobError, JobResult, Result};
 pub use job::{Job, JobId, NewJob};
 pub use options::{Eta, FunctionDefaults, JobOptions};
 pub use registry::Registry;
+pub use retry::RetryPattern;
 pub use state::JobState;

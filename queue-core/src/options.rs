@@ -72,6 +72,8 @@ pub struct FunctionDefaults {
     pub max_retries: Option<i32>,
     /// Default description: the method's first doc line.
     pub description: Option<&'static str>,
+    /// Delays between tries (`"1:10,5:60"`); checked when the registry is built.
+    pub retry_pattern: Option<&'static str>,
 }
 
 /// Options set on one call through the delayable builder (`Model::queue().priority(30)…`).
@@ -177,6 +179,7 @@ mod tests {
             priority: Some(20),
             max_retries: Some(3),
             description: Some("Export partners"),
+            retry_pattern: None,
         };
         let from_function = JobOptions::default().resolve(&defaults, "m.f", now()).expect("ok");
         assert_eq!(from_function.channel, "root.export");

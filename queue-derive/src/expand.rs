@@ -124,6 +124,7 @@ pub fn queueable(q: &Queueable) -> TokenStream {
         let channel = opt_str(&method.job.channel);
         let priority = opt_int(&method.job.priority);
         let max_retries = opt_int(&method.job.max_retries);
+        let retry_pattern = opt_str(&method.job.retry_pattern);
         let description = match (&method.job.description, &method.doc) {
             (Some(lit), _) => quote!(::core::option::Option::Some(#lit)),
             (None, Some(doc)) => quote!(::core::option::Option::Some(#doc)),
@@ -135,6 +136,7 @@ pub fn queueable(q: &Queueable) -> TokenStream {
                 priority: #priority,
                 max_retries: #max_retries,
                 description: #description,
+                retry_pattern: #retry_pattern,
             }
         };
         let mut call_args = Vec::new();

@@ -154,6 +154,7 @@ pub struct JobAttr {
     pub priority: Option<syn::LitInt>,
     pub max_retries: Option<syn::LitInt>,
     pub description: Option<LitStr>,
+    pub retry_pattern: Option<LitStr>,
 }
 
 /// One parameter of a job method after the records.
@@ -178,7 +179,20 @@ pub struct Queueable {
     pub krate: Path,
 }
 
-const JOB_KEYS: &str = "channel, priority, max_retries, description";
+const JOB_KEYS: &str = "channel, priority, max_retries, description, retry_pattern";
+
+/// Check a retry pattern literal (`"1:10,5:60"`) the way `queue_core::RetryPattern` parses it.
+fn valid_retry_pattern(text: &str) -> bool {
+    let mut tries = Vec::new();
+    for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let Some((n, secs)) = token.split_once(':') else { return false };
+        match (n.trim().parse::<u32>(), secs.trim().parse::<u64>()) {
+            (Ok(n), Ok(_)) if n > 0 && !tries.contains(&n) => tries.push(n),
+            _ => return false,
+        }
+    }
+    !tries.is_empty()
+}
 
 /// Check a channel literal the way `queue_core::channel::check_name` does.
 fn valid_channel(name: &str) -> bool {
@@ -227,6 +241,20 @@ fn parse_job_attr(attr: &Attribute, errors: &mut Errors) -> JobAttr {
                 .map(|lit| job.max_retries = Some(lit))
                 .map_err(|e| syn::Error::new(e.span(), "expected max_retries >= 0 (0 retries forever)")),
             "description" => string().map(|lit| job.description = Some(lit)),
+            "retry_pattern" => string().and_then(|lit| {
+                if valid_retry_pattern(&lit.value()) {
+                    job.retry_pattern = Some(lit);
+                    Ok(())
+                } else {
+                    Err(syn::Error::new(
+                        lit.span(),
+                        format!(
+                            "invalid retry pattern {:?}: expected items like \"1:10,5:60\" (from the Nth try, wait S seconds), tries counted from 1, each once",
+                            lit.value()
+                        ),
+                    ))
+                }
+            }),
             _ => Err(syn::Error::new(
                 meta.path.span(),
                 format!("unknown job option `{key}`; expected one of: {JOB_KEYS}"),

@@ -58,6 +58,9 @@ pub enum Error {
     /// A job's function is not registered in this binary.
     #[error("unknown job function {0:?}: it is not registered in this binary")]
     UnknownFunction(String),
+    /// The job functions linked into this binary are inconsistent (duplicate names, bad patterns).
+    #[error("invalid job function registry: {0}")]
+    Registry(String),
     /// A worker was asked to run with no job function linked in.
     #[error(
         "no job function is registered in this binary, so this worker could run no job; build a worker binary that links your models (see the README, \"Your own worker binary\")"

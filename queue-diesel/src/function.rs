@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use queue_core::options::FunctionDefaults;
 use queue_core::registry::Named;
-use queue_core::{JobError, JobResult, Registry};
+use queue_core::{JobError, JobResult, Registry, RetryPattern};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -52,6 +52,12 @@ impl JobFunction {
     /// Method name.
     pub fn method(&self) -> &'static str {
         self.method
+    }
+
+    /// The function's retry pattern. A pattern that does not parse is refused when the registry
+    /// is built, so this is `None` only when the function has none.
+    pub fn retry_pattern(&self) -> Option<RetryPattern> {
+        self.defaults.retry_pattern.and_then(|p| p.parse().ok())
     }
 }
 

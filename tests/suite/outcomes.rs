@@ -11,6 +11,8 @@ backend_tests!(
     an_error_is_stored_and_the_jobs_writes_are_rolled_back,
     a_panic_fails_the_job_and_the_worker_goes_on,
     retry_postpones_until_max_retries_then_fails,
+    retry_pattern_sets_the_delays,
+    postpone_does_not_use_up_tries,
     cancel_verdict_cancels,
     deleted_records_are_skipped,
     all_records_deleted_means_nothing_to_do,
@@ -150,4 +152,44 @@ fn jobs_of_unknown_functions_stay_pending(t: TestDb) {
     let pending =
         t.db.jobs(&ListParams { state: Some(JobState::Pending), ..ListParams::default() }).expect("list");
     assert_eq!(pending.len(), 1);
+}
+
+fn mock_db(t: &TestDb) -> (Database, MockClock) {
+    let clock =
+        MockClock::new(chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp(), 0).expect("now"));
+    (t.reopen(|b| b.clock(std::sync::Arc::new(clock.clone()))), clock)
+}
+
+fn retry_pattern_sets_the_delays(t: TestDb) {
+    let (db, clock) = mock_db(&t);
+    let list = t.partners(&["ada"]);
+    let id = db.transaction(Context::new(), |_| Partner::queue().patterned(&list)).expect("queued").uuid();
+    let worker = Worker::new(db.clone(), WorkerConfig::default()).expect("worker");
+    let mut delays = Vec::new();
+    for _ in 0..4 {
+        assert_eq!(worker.run_until_idle().expect("runs"), 1);
+        let job = db.job(&id).expect("job");
+        assert_eq!(job.state, JobState::Pending, "max_retries = 0 retries forever");
+        let eta = job.eta.expect("eta");
+        delays.push((eta - clock.now()).num_seconds());
+        clock.set(eta);
+    }
+    assert_eq!(delays, vec![5, 5, 50, 50], "1:5 from the first try, 3:50 from the third");
+    assert_eq!(db.job(&id).expect("job").attempts, 4);
+}
+
+fn postpone_does_not_use_up_tries(t: TestDb) {
+    let (db, clock) = mock_db(&t);
+    let list = t.partners(&["ada"]);
+    let id =
+        db.transaction(Context::new(), |_| Partner::queue().waits_for_data(&list)).expect("queued").uuid();
+    let worker = Worker::new(db.clone(), WorkerConfig::default()).expect("worker");
+    for _ in 0..3 {
+        assert_eq!(worker.run_until_idle().expect("runs"), 1);
+        let job = db.job(&id).expect("job");
+        assert_eq!((job.state, job.attempts), (JobState::Pending, 0), "max_retries = 1, yet still pending");
+        assert_eq!(job.exc_name.as_deref(), Some("Postponed"));
+        assert_eq!((job.eta.expect("eta") - clock.now()).num_seconds(), 30);
+        clock.advance(chrono::TimeDelta::seconds(30));
+    }
 }

@@ -120,6 +120,7 @@ fn finish_is_fenced_by_the_lease(t: TestDb) {
         result: Some("ok"),
         exc: None,
         eta: None,
+        uncount_attempt: false,
         now: Utc::now(),
     };
     assert!(!conn.job_finish(&finish("someone-else")).expect("finish"), "a stale lease cannot finish");

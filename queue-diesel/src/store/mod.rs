@@ -163,6 +163,8 @@ pub struct FinishParams<'a> {
     pub exc: Option<(&'a str, &'a str, &'a str)>,
     /// For a retry: not before this.
     pub eta: Option<DateTime<Utc>>,
+    /// Take back the try the claim counted (a postponed job).
+    pub uncount_attempt: bool,
     /// Now.
     pub now: DateTime<Utc>,
 }
@@ -250,6 +252,7 @@ impl Store for AnyConnection {
             dsl::date_done.eq(done_at),
             dsl::eta.eq(p.eta.map(|t| t.naive_utc())),
             dsl::lease_token.eq(None::<String>),
+            dsl::attempts.eq(dsl::attempts - i32::from(p.uncount_attempt)),
         );
         let n = with_backend!(self, c => diesel::update(target).set(changes).execute(c))
             .map_err(Error::query("store a job's outcome"))?;

@@ -4,13 +4,13 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use chrono::TimeDelta;
-use queue_core::options::DEFAULT_RETRY_DELAY;
+use queue_core::retry::delay_for;
 use queue_core::{JobError, JobId, JobState};
 
 use crate::connection::AnyConnection;
 use crate::database::Database;
 use crate::error::Error;
-use crate::function::{Invocation, registry};
+use crate::function::{Invocation, JobFunction, registry};
 use crate::store::{ClaimParams, FinishParams, JobRow, Store};
 use crate::transaction::{Env, in_transaction_on};
 
@@ -55,7 +55,7 @@ pub fn run_claimed(db: &Database, conn: &mut AnyConnection, row: &JobRow) -> Run
         Err(e) => {
             let verdict =
                 JobError::Failed { name: "DecodeError".into(), message: e.to_string(), info: chain(&e) };
-            return store_verdict(db, conn, row, &lease, verdict);
+            return store_verdict(db, conn, row, &lease, None, verdict);
         }
     };
     let Some(function) = registry().ok().and_then(|r| r.get(&job.func)) else {
@@ -63,7 +63,7 @@ pub fn run_claimed(db: &Database, conn: &mut AnyConnection, row: &JobRow) -> Run
             "UnknownFunction",
             format!("job function {:?} is not registered in this binary", job.func),
         );
-        return store_verdict(db, conn, row, &lease, verdict);
+        return store_verdict(db, conn, row, &lease, None, verdict);
     };
     let ran = in_transaction_on::<_, Abort>(conn, |conn| {
         Env::enter(conn, job.context.clone(), db.clone(), Some(job.uuid), |env| {
@@ -78,6 +78,7 @@ pub fn run_claimed(db: &Database, conn: &mut AnyConnection, row: &JobRow) -> Run
                 result: result.as_deref(),
                 exc: None,
                 eta: None,
+                uncount_attempt: false,
                 now: db.now(),
             })?;
             if !finished {
@@ -88,7 +89,7 @@ pub fn run_claimed(db: &Database, conn: &mut AnyConnection, row: &JobRow) -> Run
     });
     match ran {
         Ok(queued) => RunOutcome { state: Some(JobState::Done), queued },
-        Err(Abort::Verdict(verdict)) => store_verdict(db, conn, row, &lease, verdict),
+        Err(Abort::Verdict(verdict)) => store_verdict(db, conn, row, &lease, Some(function), verdict),
         Err(Abort::LeaseLost) => {
             tracing::warn!(job = %job.uuid, "job was taken over by another worker; its writes were rolled back");
             RunOutcome { state: None, queued: Vec::new() }
@@ -97,7 +98,7 @@ pub fn run_claimed(db: &Database, conn: &mut AnyConnection, row: &JobRow) -> Run
             tracing::error!(job = %job.uuid, error = %chain(&e), "job could not be run");
             let verdict =
                 JobError::Failed { name: "QueueError".into(), message: e.to_string(), info: chain(&e) };
-            store_verdict(db, conn, row, &lease, verdict)
+            store_verdict(db, conn, row, &lease, Some(function), verdict)
         }
     }
 }
@@ -108,23 +109,24 @@ fn store_verdict(
     conn: &mut AnyConnection,
     row: &JobRow,
     lease: &str,
+    function: Option<&JobFunction>,
     verdict: JobError,
 ) -> RunOutcome {
     let now = db.now();
+    let mut uncount_attempt = false;
     let (state, result, exc, eta) = match &verdict {
-        JobError::Retry { after, reason } => {
-            if row.max_retries > 0 && row.attempts >= row.max_retries {
+        JobError::Retry { after, reason, ignore_attempt } => {
+            let tries = u32::try_from(row.attempts).unwrap_or(0);
+            if !*ignore_attempt && row.max_retries > 0 && row.attempts >= row.max_retries {
                 let message = format!("max retries ({}) reached: {reason}", row.max_retries);
                 (JobState::Failed, None, Some(("MaxRetriesReached".to_owned(), message, String::new())), None)
             } else {
-                let delay = after.unwrap_or(DEFAULT_RETRY_DELAY);
+                uncount_attempt = *ignore_attempt;
+                let pattern = function.and_then(JobFunction::retry_pattern);
+                let delay = after.unwrap_or_else(|| delay_for(pattern.as_ref(), tries));
                 let eta = now + TimeDelta::from_std(delay).unwrap_or(TimeDelta::MAX);
-                (
-                    JobState::Pending,
-                    None,
-                    Some(("Retry".to_owned(), reason.clone(), String::new())),
-                    Some(eta),
-                )
+                let name = if *ignore_attempt { "Postponed" } else { "Retry" };
+                (JobState::Pending, None, Some((name.to_owned(), reason.clone(), String::new())), Some(eta))
             }
         }
         JobError::Cancel(reason) => (JobState::Cancelled, Some(reason.clone()), None, None),
@@ -144,6 +146,7 @@ fn store_verdict(
             result: result.as_deref(),
             exc: exc.as_ref().map(|(n, m, i)| (n.as_str(), m.as_str(), i.as_str())),
             eta,
+            uncount_attempt,
             now,
         })
     });
