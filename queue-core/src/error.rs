@@ -20,6 +20,9 @@ pub enum Error {
         /// The state that was asked for.
         to: JobState,
     },
+    /// An operator action does not apply to the job's state.
+    #[error("{0}")]
+    OperatorAction(String),
     /// A channel configuration string could not be parsed.
     #[error("invalid channel configuration: {0}")]
     ChannelConfig(String),

@@ -41,4 +41,4 @@ pub use job::{Job, JobId, NewJob};
 pub use options::{Eta, FunctionDefaults, JobOptions};
 pub use registry::Registry;
 pub use retry::RetryPattern;
-pub use state::JobState;
+pub use state::{JobState, OperatorAction};

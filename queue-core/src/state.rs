@@ -76,6 +76,61 @@ impl JobState {
     }
 }
 
+/// What an operator may do to a job (queue_job's buttons).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OperatorAction {
+    /// Run a failed or cancelled job again, from zero tries.
+    Requeue,
+    /// Give up a job that has not finished (a running job's result will not be stored).
+    Cancel,
+    /// Mark a job done without running it.
+    SetDone,
+}
+
+impl OperatorAction {
+    /// The state the action leads to.
+    pub const fn target(self) -> JobState {
+        match self {
+            OperatorAction::Requeue => JobState::Pending,
+            OperatorAction::Cancel => JobState::Cancelled,
+            OperatorAction::SetDone => JobState::Done,
+        }
+    }
+
+    /// The verb, for messages.
+    pub const fn verb(self) -> &'static str {
+        match self {
+            OperatorAction::Requeue => "requeue",
+            OperatorAction::Cancel => "cancel",
+            OperatorAction::SetDone => "set done",
+        }
+    }
+
+    /// Whether the action applies to a job in `state`: an edge of the state machine, and for a
+    /// requeue only from `failed` or `cancelled` (a pending or running job needs none).
+    pub const fn applies_to(self, state: JobState) -> bool {
+        match self {
+            OperatorAction::Requeue => matches!(state, JobState::Failed | JobState::Cancelled),
+            OperatorAction::Cancel | OperatorAction::SetDone => state.can_become(self.target()),
+        }
+    }
+
+    /// Check the action against the job's state, with an error that says what is allowed.
+    pub fn check(self, state: JobState) -> Result<JobState, Error> {
+        if self.applies_to(state) {
+            Ok(self.target())
+        } else {
+            let allowed: Vec<&str> =
+                JobState::ALL.into_iter().filter(|s| self.applies_to(*s)).map(JobState::as_str).collect();
+            Err(Error::OperatorAction(format!(
+                "cannot {} a {state} job: only {} jobs can be",
+                self.verb(),
+                allowed.join(", ")
+            )))
+        }
+    }
+}
+
 impl fmt::Display for JobState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(self.as_str())
@@ -132,6 +187,32 @@ mod tests {
         assert!(JobState::Cancelled.can_become(JobState::Pending));
         let err = JobState::Done.transition(JobState::Pending).expect_err("done is final");
         assert_eq!(err.to_string(), "a done job cannot become pending");
+    }
+
+    #[test]
+    fn operator_actions_follow_the_state_machine() {
+        use OperatorAction::*;
+        assert_eq!(Requeue.check(JobState::Failed).ok(), Some(JobState::Pending));
+        assert_eq!(Requeue.check(JobState::Cancelled).ok(), Some(JobState::Pending));
+        assert_eq!(
+            Requeue.check(JobState::Done).expect_err("final").to_string(),
+            "cannot requeue a done job: only failed, cancelled jobs can be"
+        );
+        assert!(Requeue.check(JobState::Pending).is_err());
+        assert_eq!(Cancel.check(JobState::Started).ok(), Some(JobState::Cancelled));
+        assert_eq!(
+            Cancel.check(JobState::Done).expect_err("final").to_string(),
+            "cannot cancel a done job: only wait_dependencies, pending, enqueued, started, failed jobs can be"
+        );
+        assert_eq!(SetDone.check(JobState::Failed).ok(), Some(JobState::Done));
+        assert!(SetDone.check(JobState::Done).is_err());
+        for action in [Requeue, Cancel, SetDone] {
+            for state in JobState::ALL {
+                if action.applies_to(state) {
+                    assert!(state.can_become(action.target()), "{action:?} from {state}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use queue_core::{ChannelConfig, JobId, JobState};
+use queue_core::{ChannelConfig, JobId, JobState, OperatorAction};
 
 use crate::database::{DEFAULT_DATABASE_URL, Database};
 use crate::error::{Error, Result};
@@ -91,6 +91,24 @@ pub enum JobsCommand {
     },
     /// Number of jobs per state.
     Count,
+    /// Run failed or cancelled jobs again, from zero tries.
+    Requeue {
+        /// Job uuids.
+        #[arg(required = true)]
+        uuids: Vec<String>,
+    },
+    /// Cancel jobs that have not finished.
+    Cancel {
+        /// Job uuids.
+        #[arg(required = true)]
+        uuids: Vec<String>,
+    },
+    /// Mark jobs done without running them.
+    Done {
+        /// Job uuids.
+        #[arg(required = true)]
+        uuids: Vec<String>,
+    },
 }
 
 /// Parse the process arguments, run, and turn the outcome into an exit code (errors are printed
@@ -179,10 +197,11 @@ pub fn run(cli: Cli) -> Result<()> {
                     }
                     Ok(())
                 }
+                JobsCommand::Requeue { uuids } => act(&db, &uuids, OperatorAction::Requeue),
+                JobsCommand::Cancel { uuids } => act(&db, &uuids, OperatorAction::Cancel),
+                JobsCommand::Done { uuids } => act(&db, &uuids, OperatorAction::SetDone),
                 JobsCommand::Show { uuid } => {
-                    let id: JobId = uuid
-                        .parse()
-                        .map_err(|_| Error::Config(format!("expected a job uuid, got {uuid:?}")))?;
+                    let id = parse_uuid(&uuid)?;
                     let job = conn.job_get(&id)?.ok_or_else(|| Error::JobNotFound(uuid.clone()))?;
                     print!("{}", show(&job));
                     Ok(())
@@ -196,6 +215,32 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         }
     }
+}
+
+fn parse_uuid(text: &str) -> Result<JobId> {
+    text.parse().map_err(|_| Error::Config(format!("expected a job uuid, got {text:?}")))
+}
+
+/// Apply an operator action to each job; report each, fail if any was refused.
+fn act(db: &Database, uuids: &[String], action: OperatorAction) -> Result<()> {
+    let mut refused = 0;
+    for text in uuids {
+        match parse_uuid(text).and_then(|id| db.job_action(&id, action)) {
+            Ok(job) => println!("{} {}", job.uuid, job.state),
+            Err(e) => {
+                eprintln!("{text}: {e}");
+                refused += 1;
+            }
+        }
+    }
+    if refused > 0 {
+        return Err(Error::Config(format!(
+            "{refused} of {} job(s) refused to {}",
+            uuids.len(),
+            action.verb()
+        )));
+    }
+    Ok(())
 }
 
 /// A job as `name: value` lines.

@@ -10,11 +10,11 @@ use diesel::pg::PgConnection;
 use diesel::r2d2::{self, ManageConnection, Pool, PooledConnection, R2D2Connection};
 use diesel::sqlite::SqliteConnection;
 use queue_core::context::is_truthy;
-use queue_core::{Clock, Context, Job, JobId, SystemClock};
+use queue_core::{Clock, Context, Job, JobId, OperatorAction, SystemClock};
 
 use crate::connection::{AnyConnection, Backend};
 use crate::error::{Error, Result};
-use crate::store::{ListParams, Store};
+use crate::store::{ListParams, SetStateParams, Store};
 use crate::transaction::{self, Env};
 
 /// Database used when `DATABASE_URL` is not set: a SQLite file in the working directory.
@@ -307,6 +307,30 @@ impl Database {
     /// One job by uuid.
     pub fn job(&self, uuid: &JobId) -> Result<Job> {
         self.conn()?.job_get(uuid)?.ok_or_else(|| Error::JobNotFound(uuid.to_string()))
+    }
+
+    /// An operator's action on a job: requeue (failed or cancelled → pending, from zero tries),
+    /// cancel, or set done. Refused with a clear error when the job's state does not allow it;
+    /// returns the job as it is after the change.
+    pub fn job_action(&self, uuid: &JobId, action: OperatorAction) -> Result<Job> {
+        let mut conn = self.conn()?;
+        let job = conn.job_get(uuid)?.ok_or_else(|| Error::JobNotFound(uuid.to_string()))?;
+        let to = action.check(job.state)?;
+        let result = match action {
+            OperatorAction::Requeue => None,
+            OperatorAction::Cancel => Some("cancelled by an operator"),
+            OperatorAction::SetDone => Some("set done by an operator"),
+        };
+        let changed =
+            conn.job_set_state(&SetStateParams { uuid, from: job.state, to, result, now: self.now() })?;
+        if !changed {
+            let now = conn.job_get(uuid)?.map(|j| j.state.to_string()).unwrap_or_else(|| "deleted".into());
+            return Err(Error::Config(format!(
+                "job {uuid} changed from {} to {now} meanwhile; look at it again before acting",
+                job.state
+            )));
+        }
+        conn.job_get(uuid)?.ok_or_else(|| Error::JobNotFound(uuid.to_string()))
     }
 
     /// Jobs, newest first.

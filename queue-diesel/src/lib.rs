@@ -80,7 +80,7 @@ pub use function::{JobFunction, registry};
 pub use model::{Model, NoRecords, Records};
 pub use queue_core::{
     self as core, ChannelConfig, Clock, Context, Eta, Job, JobError, JobId, JobOptions, JobResult, JobState,
-    MockClock, SystemClock,
+    MockClock, OperatorAction, SystemClock,
 };
 pub use queue_derive::{Model, queueable};
 pub use transaction::{ConnGuard, Env, current_env, with_env};

@@ -2,6 +2,7 @@
 //! on PostgreSQL.
 
 mod modes;
+mod operator;
 mod outcomes;
 mod store;
 mod worker;

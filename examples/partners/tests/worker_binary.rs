@@ -68,4 +68,25 @@ fn worker_binary_runs_jobs_and_stops_on_sigterm() {
     let file = std::fs::read_to_string(out_dir.join("bin.csv")).expect("export written");
     assert_eq!(file, "Ada,ada@example.org,en,user 2\n");
     let _ = std::fs::remove_dir_all(&out_dir);
+
+    // Operator actions from the command line: a done job cannot be requeued.
+    let uuid = db.jobs(&ListParams::default()).expect("list")[0].uuid.to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .args(["jobs", "requeue", &uuid])
+        .env("DATABASE_URL", &url)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot requeue a done job: only failed, cancelled jobs can be"), "{stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .args(["jobs", "show", &uuid])
+        .env("DATABASE_URL", &url)
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("res.partner.export") && stdout.contains("exported 1 partner(s) to bin"),
+        "{stdout}"
+    );
 }

@@ -169,6 +169,22 @@ pub struct FinishParams<'a> {
     pub now: DateTime<Utc>,
 }
 
+/// What [`Store::job_set_state`] takes: an operator's change, applied only if the job is still
+/// in the state it was seen in.
+#[derive(Debug, Clone)]
+pub struct SetStateParams<'a> {
+    /// The job.
+    pub uuid: &'a JobId,
+    /// The state it was seen in.
+    pub from: JobState,
+    /// The state to set.
+    pub to: JobState,
+    /// Result text to store (cancel, set done).
+    pub result: Option<&'a str>,
+    /// Now.
+    pub now: DateTime<Utc>,
+}
+
 /// What [`Store::job_list`] takes.
 #[derive(Debug, Clone, Default)]
 pub struct ListParams {
@@ -197,6 +213,9 @@ pub trait Store {
     fn job_list(&mut self, params: &ListParams) -> Result<Vec<Job>>;
     /// Wake the workers listening for new jobs (PostgreSQL NOTIFY, sent at commit).
     fn job_notify(&mut self) -> Result<()>;
+    /// Move a job from `from` to `to` for an operator; false when it was no longer in `from`.
+    /// To `pending` starts the job afresh: no tries, no eta, no error, no result.
+    fn job_set_state(&mut self, params: &SetStateParams<'_>) -> Result<bool>;
     /// Give jobs back (`started` → `pending`) without counting the try, if the lease holds.
     fn job_release(&mut self, ids: &[i64], lease_token: &str) -> Result<usize>;
     /// Create or update the queue's tables.
@@ -341,6 +360,38 @@ impl Store for AnyConnection {
         );
         with_backend!(self, c => diesel::update(target).set(changes).execute(c))
             .map_err(Error::query("release jobs"))
+    }
+
+    fn job_set_state(&mut self, p: &SetStateParams<'_>) -> Result<bool> {
+        use queue_job::dsl;
+        let target =
+            dsl::queue_job.filter(dsl::uuid.eq(p.uuid.to_string())).filter(dsl::state.eq(p.from.as_str()));
+        let n = if p.to == JobState::Pending {
+            let changes = (
+                dsl::state.eq(p.to.as_str()),
+                dsl::attempts.eq(0),
+                dsl::eta.eq(None::<NaiveDateTime>),
+                dsl::date_done.eq(None::<NaiveDateTime>),
+                dsl::result.eq(None::<String>),
+                dsl::exc_name.eq(None::<String>),
+                dsl::exc_message.eq(None::<String>),
+                dsl::exc_info.eq(None::<String>),
+                dsl::lease_token.eq(None::<String>),
+                dsl::worker_id.eq(None::<String>),
+            );
+            with_backend!(self, c => diesel::update(target).set(changes).execute(c))
+        } else {
+            let done_at = p.to.is_finished().then_some(p.now.naive_utc());
+            let changes = (
+                dsl::state.eq(p.to.as_str()),
+                dsl::date_done.eq(done_at),
+                dsl::result.eq(p.result),
+                dsl::lease_token.eq(None::<String>),
+            );
+            with_backend!(self, c => diesel::update(target).set(changes).execute(c))
+        }
+        .map_err(Error::query("change a job's state"))?;
+        Ok(n == 1)
     }
 
     fn schema_migrate(&mut self) -> Result<()> {
