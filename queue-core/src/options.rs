@@ -5,8 +5,33 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
 
+use serde_json::Value;
+
 use crate::channel;
+use crate::context::{Context, QUEUE_BATCH, QUEUE_EXPECTED_AT, QUEUE_NAME, QUEUE_SCHEDULED_AT};
 use crate::error::{Error, Result};
+
+/// A context value naming a moment: seconds from now (a number) or an RFC 3339 datetime.
+fn moment(key: &str, value: &Value) -> Result<Option<Eta>> {
+    let bad = || {
+        Error::Option(format!(
+            "context key {key}: expected seconds from now or an RFC 3339 datetime, got {value}"
+        ))
+    };
+    match value {
+        Value::Null => Ok(None),
+        Value::Number(n) => {
+            let seconds = n.as_f64().filter(|s| s.is_finite() && *s >= 0.0).ok_or_else(bad)?;
+            let micros = (seconds * 1_000_000.0).min(i64::MAX as f64) as i64;
+            Ok(Some(Eta::In(TimeDelta::microseconds(micros))))
+        }
+        Value::String(s) => {
+            let at = DateTime::parse_from_rfc3339(s.trim()).map_err(|_| bad())?;
+            Ok(Some(Eta::At(at.with_timezone(&Utc))))
+        }
+        _ => Err(bad()),
+    }
+}
 
 /// Priority of a job when neither the call nor the function sets one. Lower runs first.
 pub const DEFAULT_PRIORITY: i32 = 10;
@@ -14,6 +39,8 @@ pub const DEFAULT_PRIORITY: i32 = 10;
 pub const DEFAULT_MAX_RETRIES: i32 = 5;
 /// Channel of a job when neither the call nor the function sets one.
 pub const DEFAULT_CHANNEL: &str = "root";
+/// Records per job when the context asks for batches with `queue_batch: true` (Tryton's default).
+pub const DEFAULT_BATCH_SIZE: usize = 20;
 /// Delay before a retry when the verdict and the function give none (queue_job: 10 minutes).
 pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(600);
 
@@ -92,6 +119,8 @@ pub struct JobOptions {
     /// Key that identifies the job: a second job with the same key is not queued while the
     /// first has not run.
     pub identity_key: Option<String>,
+    /// Deadline: among jobs of one priority, the sooner deadline runs first.
+    pub expected_at: Option<Eta>,
 }
 
 /// Options with every default applied and every value checked: what is stored on the row.
@@ -109,9 +138,60 @@ pub struct ResolvedOptions {
     pub channel: String,
     /// Identity key, if any.
     pub identity_key: Option<String>,
+    /// Deadline used in ordering, if any.
+    pub expected_at: Option<DateTime<Utc>>,
 }
 
 impl JobOptions {
+    /// Fill the options the call left unset from Tryton's context keys: `queue_name` (channel;
+    /// a name not under `root` is put under it), `queue_scheduled_at` (eta) and
+    /// `queue_expected_at` (deadline), each a number of seconds from now or an RFC 3339 moment.
+    /// Returns the options and the batch size `queue_batch` asks for (`true` is `default_batch`).
+    pub fn with_context(
+        &self,
+        context: &Context,
+        default_batch: usize,
+    ) -> Result<(JobOptions, Option<usize>)> {
+        let mut options = self.clone();
+        if options.channel.is_none()
+            && let Some(value) = context.get(QUEUE_NAME)
+        {
+            let name = value.as_str().filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+                Error::Option(format!("context key {QUEUE_NAME}: expected a channel name, got {value}"))
+            })?;
+            let name = name.trim();
+            options.channel = Some(if name == channel::ROOT || name.starts_with("root.") {
+                name.to_owned()
+            } else {
+                format!("{}.{name}", channel::ROOT)
+            });
+        }
+        if options.eta.is_none()
+            && let Some(value) = context.get(QUEUE_SCHEDULED_AT)
+        {
+            options.eta = moment(QUEUE_SCHEDULED_AT, value)?;
+        }
+        if options.expected_at.is_none()
+            && let Some(value) = context.get(QUEUE_EXPECTED_AT)
+        {
+            options.expected_at = moment(QUEUE_EXPECTED_AT, value)?;
+        }
+        let batch = match context.get(QUEUE_BATCH) {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+            Some(Value::Bool(true)) => Some(default_batch.max(1)),
+            Some(value) => match value.as_u64() {
+                Some(0) => None,
+                Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+                None => {
+                    return Err(Error::Option(format!(
+                        "context key {QUEUE_BATCH}: expected true or a number of records per job, got {value}"
+                    )));
+                }
+            },
+        };
+        Ok((options, batch))
+    }
+
     /// Apply the function's defaults, then the library's, and check the result.
     ///
     /// `fallback_description` is used when neither the call nor the function gives one
@@ -140,6 +220,7 @@ impl JobOptions {
             return Err(Error::Option("identity_key must not be empty".into()));
         }
         Ok(ResolvedOptions {
+            expected_at: self.expected_at.map(|eta| eta.resolve(now)),
             priority: self.priority.or(defaults.priority).unwrap_or(DEFAULT_PRIORITY),
             eta: self.eta.map(|eta| eta.resolve(now)),
             max_retries,
@@ -209,6 +290,59 @@ mod tests {
         );
         let call = JobOptions { channel: Some("export".into()), ..JobOptions::default() };
         assert!(call.resolve(&FunctionDefaults::default(), "m.f", now()).is_err());
+    }
+
+    #[test]
+    fn tryton_context_keys_fill_unset_options() {
+        let ctx = Context::new()
+            .with("queue_name", "mail")
+            .with("queue_scheduled_at", 60)
+            .with("queue_expected_at", "2030-01-02T03:04:05Z")
+            .with("queue_batch", true);
+        let (options, batch) = JobOptions::default().with_context(&ctx, 20).expect("valid");
+        assert_eq!(options.channel.as_deref(), Some("root.mail"));
+        assert_eq!(options.eta, Some(Eta::In(TimeDelta::seconds(60))));
+        let deadline =
+            DateTime::parse_from_rfc3339("2030-01-02T03:04:05Z").expect("valid").with_timezone(&Utc);
+        assert_eq!(options.expected_at, Some(Eta::At(deadline)));
+        assert_eq!(batch, Some(20));
+
+        let call = JobOptions { channel: Some("root.export".into()), ..JobOptions::default() };
+        let (options, _) = call.with_context(&ctx.clone().with("queue_batch", 5), 20).expect("valid");
+        assert_eq!(options.channel.as_deref(), Some("root.export"), "the call wins");
+        let (_, batch) = call.with_context(&Context::new().with("queue_batch", 5), 20).expect("valid");
+        assert_eq!(batch, Some(5));
+    }
+
+    #[test]
+    fn bad_context_values_are_refused_with_the_key() {
+        let cases = [
+            (
+                "queue_scheduled_at",
+                Value::from("tomorrow"),
+                r#"invalid job option: context key queue_scheduled_at: expected seconds from now or an RFC 3339 datetime, got "tomorrow""#,
+            ),
+            (
+                "queue_expected_at",
+                Value::from(-5),
+                "invalid job option: context key queue_expected_at: expected seconds from now or an RFC 3339 datetime, got -5",
+            ),
+            (
+                "queue_batch",
+                Value::from("many"),
+                r#"invalid job option: context key queue_batch: expected true or a number of records per job, got "many""#,
+            ),
+            (
+                "queue_name",
+                Value::from(3),
+                "invalid job option: context key queue_name: expected a channel name, got 3",
+            ),
+        ];
+        for (key, value, message) in cases {
+            let err =
+                JobOptions::default().with_context(&Context::new().with(key, value), 20).expect_err(key);
+            assert_eq!(err.to_string(), message);
+        }
     }
 
     #[test]

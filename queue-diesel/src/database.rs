@@ -10,6 +10,7 @@ use diesel::pg::PgConnection;
 use diesel::r2d2::{self, ManageConnection, Pool, PooledConnection, R2D2Connection};
 use diesel::sqlite::SqliteConnection;
 use queue_core::context::is_truthy;
+use queue_core::options::DEFAULT_BATCH_SIZE;
 use queue_core::{Clock, Context, Job, JobId, OperatorAction, SystemClock};
 
 use crate::connection::{AnyConnection, Backend};
@@ -101,6 +102,7 @@ pub struct DatabaseBuilder {
     no_delay: bool,
     pool_size: u32,
     migrate: bool,
+    batch_size: usize,
     clock: Arc<dyn Clock>,
 }
 
@@ -132,6 +134,12 @@ impl DatabaseBuilder {
     /// Connections in the pool.
     pub fn pool_size(mut self, size: u32) -> Self {
         self.pool_size = size.max(1);
+        self
+    }
+
+    /// Records per job when a context asks for `queue_batch: true` (default 20).
+    pub fn batch_size(mut self, size: usize) -> Self {
+        self.batch_size = size.max(1);
         self
     }
 
@@ -174,6 +182,7 @@ impl DatabaseBuilder {
                 url: self.url,
                 worker: self.worker,
                 no_delay: self.no_delay,
+                batch_size: self.batch_size,
                 clock: self.clock,
             }),
         };
@@ -197,6 +206,7 @@ struct Inner {
     url: String,
     worker: bool,
     no_delay: bool,
+    batch_size: usize,
     clock: Arc<dyn Clock>,
 }
 
@@ -223,6 +233,7 @@ impl Database {
             no_delay: env_flag("QUEUE_NO_DELAY"),
             pool_size: DEFAULT_POOL_SIZE,
             migrate: true,
+            batch_size: DEFAULT_BATCH_SIZE,
             clock: Arc::new(SystemClock),
         }
     }
@@ -262,12 +273,18 @@ impl Database {
         self.inner.worker
     }
 
+    /// Records per job for `queue_batch: true`.
+    pub fn batch_size(&self) -> usize {
+        self.inner.batch_size
+    }
+
     /// True when queued calls run at the call.
     pub fn no_delay(&self) -> bool {
         self.inner.no_delay
     }
 
-    /// Now, from the database's clock.
+    /// Now, from the clock the database was opened with (the system clock unless a test set a
+    /// `MockClock`). Etas are computed from the clock of the process that queues or retries.
     pub fn now(&self) -> DateTime<Utc> {
         self.inner.clock.now()
     }

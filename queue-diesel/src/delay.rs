@@ -10,18 +10,25 @@ use crate::function::{Invocation, JobFunction};
 use crate::store::Store;
 use crate::transaction::{Env, current_env};
 
-/// The job a queued call created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The job(s) a queued call created.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobHandle {
-    uuid: JobId,
+    uuids: Vec<JobId>,
     func: &'static str,
     ran_now: bool,
+    existing: bool,
 }
 
 impl JobHandle {
-    /// The job's public id (`queue-worker jobs show <uuid>`).
+    /// The job's public id (`queue-worker jobs show <uuid>`); the first job's when the call was
+    /// split into batches.
     pub fn uuid(&self) -> JobId {
-        self.uuid
+        self.uuids.first().copied().unwrap_or_default()
+    }
+
+    /// Every job the call created: several when the context's `queue_batch` split the records.
+    pub fn uuids(&self) -> &[JobId] {
+        &self.uuids
     }
 
     /// The function name.
@@ -33,9 +40,15 @@ impl JobHandle {
     pub fn ran_now(&self) -> bool {
         self.ran_now
     }
+
+    /// True when a job with the same identity key was still waiting: no job was added and this
+    /// handle is that job's.
+    pub fn existing(&self) -> bool {
+        self.existing
+    }
 }
 
-/// Store a call of `function` as a job in the current transaction.
+/// Store a call of `function` as a job in the current transaction (several with `queue_batch`).
 pub fn enqueue(
     options: &JobOptions,
     function: &'static JobFunction,
@@ -43,38 +56,75 @@ pub fn enqueue(
     args: Value,
 ) -> Result<JobHandle> {
     current_env(|env| {
-        let job = NewJob {
-            uuid: JobId::new(),
-            func: function.name().to_owned(),
-            model: function.model().to_owned(),
-            record_ids,
-            args,
-            context: env.context().clone(),
-            options: options.resolve(&function.defaults, function.name(), env.now())?,
-            created_at: env.now(),
+        let db = env.database();
+        let now = env.now();
+        let (options, batch) = options.with_context(env.context(), db.batch_size())?;
+        let resolved = options.resolve(&function.defaults, function.name(), now)?;
+        let chunks: Vec<Vec<i64>> = match batch {
+            Some(size) if record_ids.len() > size => record_ids.chunks(size).map(<[i64]>::to_vec).collect(),
+            _ => vec![record_ids],
         };
-        if env.database().no_delay() || env.context().no_delay() {
-            return run_now(env, function, &job);
+        if chunks.len() > 1 && resolved.identity_key.is_some() {
+            return Err(Error::Core(queue_core::Error::Option(
+                "an identity_key cannot be combined with queue_batch: the batches would share one key".into(),
+            )));
+        }
+        let jobs: Vec<NewJob> = chunks
+            .into_iter()
+            .map(|ids| NewJob {
+                uuid: JobId::new(),
+                func: function.name().to_owned(),
+                model: function.model().to_owned(),
+                record_ids: ids,
+                args: args.clone(),
+                context: env.context().clone(),
+                options: resolved.clone(),
+                created_at: now,
+            })
+            .collect();
+        let mut handle = JobHandle {
+            uuids: Vec::with_capacity(jobs.len()),
+            func: function.name(),
+            ran_now: false,
+            existing: false,
+        };
+        if db.no_delay() || env.context().no_delay() {
+            for job in &jobs {
+                run_now(env, function, job)?;
+                handle.uuids.push(job.uuid);
+            }
+            handle.ran_now = true;
+            return Ok(handle);
         }
         let mut conn = env.try_conn()?;
-        conn.job_insert_many(std::slice::from_ref(&job))?;
-        if env.database().worker_configured() && env.first_notify() {
+        if resolved.identity_key.is_some() {
+            let (uuid, inserted) = conn.job_insert_unique(&jobs[0])?;
+            handle.uuids.push(uuid);
+            handle.existing = !inserted;
+            if !inserted {
+                return Ok(handle);
+            }
+        } else {
+            conn.job_insert_many(&jobs)?;
+            handle.uuids.extend(jobs.iter().map(|j| j.uuid));
+        }
+        if db.worker_configured() && env.first_notify() {
             conn.job_notify()?;
         }
-        env.record_queued(job.uuid);
-        Ok(JobHandle { uuid: job.uuid, func: function.name(), ran_now: false })
+        for uuid in &handle.uuids {
+            env.record_queued(*uuid);
+        }
+        Ok(handle)
     })?
 }
 
 /// No-delay mode: run the method now, in a savepoint of the caller's transaction, with the
 /// caller's environment. Its writes are rolled back if it does not succeed.
-fn run_now(env: &Env, function: &'static JobFunction, job: &NewJob) -> Result<JobHandle> {
+fn run_now(env: &Env, function: &'static JobFunction, job: &NewJob) -> Result<()> {
     let inv = Invocation { func: function.name(), record_ids: &job.record_ids, args: &job.args };
     let verdict = savepoint(env, || (function.run)(env, &inv))?;
     match verdict {
-        Ok(_) | Err(JobError::NothingToDo(_)) => {
-            Ok(JobHandle { uuid: job.uuid, func: function.name(), ran_now: true })
-        }
+        Ok(_) | Err(JobError::NothingToDo(_)) => Ok(()),
         Err(verdict) => {
             Err(Error::NoDelayJob { func: function.name().to_owned(), verdict: verdict.to_string() })
         }

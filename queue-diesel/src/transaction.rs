@@ -95,7 +95,7 @@ impl Env {
         &self.db
     }
 
-    /// Now, from the database's clock.
+    /// Now, from the database's clock (see [`Database::now`]).
     pub fn now(&self) -> DateTime<Utc> {
         self.db.now()
     }

@@ -3,6 +3,7 @@
 
 mod modes;
 mod operator;
+mod options;
 mod outcomes;
 mod store;
 mod worker;

@@ -66,12 +66,37 @@ struct NewJobRow<'a> {
     user_id: Option<i64>,
     priority: i32,
     eta: Option<NaiveDateTime>,
+    expected_at: Option<NaiveDateTime>,
     channel: &'a str,
     identity_key: Option<&'a str>,
     attempts: i32,
     max_retries: i32,
     description: &'a str,
     date_created: NaiveDateTime,
+}
+
+impl<'a> NewJobRow<'a> {
+    fn from_job(job: &'a NewJob) -> Result<Self> {
+        Ok(NewJobRow {
+            uuid: job.uuid.to_string(),
+            state: JobState::Pending.as_str(),
+            func: &job.func,
+            model: &job.model,
+            record_ids: encode(&job.record_ids, "record ids")?,
+            args: encode(&job.args, "job arguments")?,
+            context: job.context.values_json()?,
+            user_id: job.context.user_id(),
+            priority: job.options.priority,
+            eta: job.options.eta.map(|t| t.naive_utc()),
+            expected_at: job.options.expected_at.map(|t| t.naive_utc()),
+            channel: &job.options.channel,
+            identity_key: job.options.identity_key.as_deref(),
+            attempts: 0,
+            max_retries: job.options.max_retries,
+            description: &job.options.description,
+            date_created: job.created_at.naive_utc(),
+        })
+    }
 }
 
 impl JobRow {
@@ -209,6 +234,10 @@ pub trait Store {
     fn job_get(&mut self, uuid: &JobId) -> Result<Option<Job>>;
     /// Insert new jobs (`pending`).
     fn job_insert_many(&mut self, jobs: &[NewJob]) -> Result<()>;
+    /// Insert a job that has an identity key, unless a job with that key has not started yet:
+    /// then nothing is inserted and that job's uuid is returned (with `false`). The database's
+    /// unique index decides, so concurrent callers agree.
+    fn job_insert_unique(&mut self, job: &NewJob) -> Result<(JobId, bool)>;
     /// Jobs, newest first.
     fn job_list(&mut self, params: &ListParams) -> Result<Vec<Job>>;
     /// Wake the workers listening for new jobs (PostgreSQL NOTIFY, sent at commit).
@@ -293,33 +322,52 @@ impl Store for AnyConnection {
         if jobs.is_empty() {
             return Ok(());
         }
-        let mut rows = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            rows.push(NewJobRow {
-                uuid: job.uuid.to_string(),
-                state: JobState::Pending.as_str(),
-                func: &job.func,
-                model: &job.model,
-                record_ids: encode(&job.record_ids, "record ids")?,
-                args: encode(&job.args, "job arguments")?,
-                context: job.context.values_json()?,
-                user_id: job.context.user_id(),
-                priority: job.options.priority,
-                eta: job.options.eta.map(|t| t.naive_utc()),
-                channel: &job.options.channel,
-                identity_key: job.options.identity_key.as_deref(),
-                attempts: 0,
-                max_retries: job.options.max_retries,
-                description: &job.options.description,
-                date_created: job.created_at.naive_utc(),
-            });
-        }
+        let rows = jobs.iter().map(NewJobRow::from_job).collect::<Result<Vec<_>>>()?;
         // SQLite allows at most 32766 bound values per statement: 16 columns, so 2000 rows.
         for chunk in rows.chunks(1000) {
             with_backend!(self, c => diesel::insert_into(queue_job::table).values(chunk).execute(c))
                 .map_err(Error::query("insert jobs"))?;
         }
         Ok(())
+    }
+
+    fn job_insert_unique(&mut self, job: &NewJob) -> Result<(JobId, bool)> {
+        use queue_job::dsl;
+        let Some(key) = job.options.identity_key.as_deref() else {
+            self.job_insert_many(std::slice::from_ref(job))?;
+            return Ok((job.uuid, true));
+        };
+        let row = NewJobRow::from_job(job)?;
+        // The existing job may start between our insert and our look-up; then the key is free
+        // again and the next insert succeeds.
+        for _ in 0..5 {
+            let inserted = with_backend!(self, c => diesel::insert_into(queue_job::table)
+                .values(&row)
+                .on_conflict_do_nothing()
+                .execute(c))
+            .map_err(Error::query("insert a job with an identity key"))?;
+            if inserted == 1 {
+                return Ok((job.uuid, true));
+            }
+            let waiting =
+                [JobState::WaitDependencies, JobState::Pending, JobState::Enqueued].map(JobState::as_str);
+            let existing: Option<String> = with_backend!(self, c => dsl::queue_job
+                .filter(dsl::identity_key.eq(key))
+                .filter(dsl::state.eq_any(waiting))
+                .select(dsl::uuid)
+                .first(c)
+                .optional())
+            .map_err(Error::query("find the job with an identity key"))?;
+            if let Some(uuid) = existing {
+                let uuid = uuid.parse::<JobId>().map_err(|e| Error::Decode {
+                    what: "uuid",
+                    job: uuid.clone(),
+                    source: Box::new(e),
+                })?;
+                return Ok((uuid, false));
+            }
+        }
+        Err(Error::Config(format!("identity key {key:?} keeps changing hands; try again")))
     }
 
     fn job_list(&mut self, params: &ListParams) -> Result<Vec<Job>> {
@@ -491,7 +539,8 @@ mod claim {
                 }
                 sql.push(")");
             }
-            sql.push(" ORDER BY priority, id LIMIT ");
+            // The same expression as the index queue_job_claimable.
+            sql.push(" ORDER BY priority, COALESCE(expected_at, eta, date_created), id LIMIT ");
             sql.bind(Bind::Int(p.limit));
             if backend == Backend::Postgres {
                 sql.push(" FOR UPDATE SKIP LOCKED");
