@@ -108,6 +108,19 @@ impl Partner {
         Err(JobError::postpone(Duration::from_secs(30), "data not there yet"))
     }
 
+    /// Writes inside a savepoint it never closes: a misuse the queue must catch.
+    pub fn leaves_savepoint(records: Vec<Partner>, env: &Env) -> JobResult {
+        use diesel::connection::TransactionManager;
+        type Tm = <queue_diesel::AnyConnection as diesel::Connection>::TransactionManager;
+        Tm::begin_transaction(&mut *env.conn())?;
+        for p in &records {
+            diesel::update(partners::table.find(p.id))
+                .set(partners::note.eq("leaked"))
+                .execute(&mut *env.conn())?;
+        }
+        Ok(())
+    }
+
     /// Cancels itself.
     pub fn give_up(_records: Vec<Partner>) -> JobResult {
         Err(JobError::Cancel("not needed any more".into()))

@@ -39,6 +39,21 @@ pub const DEFAULT_PRIORITY: i32 = 10;
 pub const DEFAULT_MAX_RETRIES: i32 = 5;
 /// Channel of a job when neither the call nor the function sets one.
 pub const DEFAULT_CHANNEL: &str = "root";
+/// The longest delay the queue stores: longer etas and retry delays are cut to it (a century).
+pub const MAX_DELAY: TimeDelta = TimeDelta::days(36_525);
+
+/// `now + delay`, with the delay cut to [`MAX_DELAY`] (and negative delays to zero), so no
+/// input can overflow a timestamp.
+pub fn after(now: DateTime<Utc>, delay: TimeDelta) -> DateTime<Utc> {
+    let delay = delay.clamp(TimeDelta::zero(), MAX_DELAY);
+    now.checked_add_signed(delay).unwrap_or(now)
+}
+
+/// [`after`] for a standard duration.
+pub fn after_std(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
+    after(now, TimeDelta::from_std(delay).unwrap_or(MAX_DELAY))
+}
+
 /// Records per job when the context asks for batches with `queue_batch: true` (Tryton's default).
 pub const DEFAULT_BATCH_SIZE: usize = 20;
 /// Delay before a retry when the verdict and the function give none (queue_job: 10 minutes).
@@ -57,7 +72,7 @@ impl Eta {
     /// The moment this eta stands for, seen from `now`.
     pub fn resolve(self, now: DateTime<Utc>) -> DateTime<Utc> {
         match self {
-            Eta::In(delay) => now + delay,
+            Eta::In(delay) => after(now, delay),
             Eta::At(at) => at,
         }
     }
@@ -343,6 +358,14 @@ mod tests {
                 JobOptions::default().with_context(&Context::new().with(key, value), 20).expect_err(key);
             assert_eq!(err.to_string(), message);
         }
+    }
+
+    #[test]
+    fn huge_delays_are_cut_not_overflowed() {
+        assert_eq!(Eta::from(Duration::MAX).resolve(now()), now() + MAX_DELAY);
+        assert_eq!(Eta::In(TimeDelta::MAX).resolve(now()), now() + MAX_DELAY);
+        assert_eq!(Eta::In(TimeDelta::seconds(-5)).resolve(now()), now());
+        assert_eq!(after_std(now(), Duration::from_secs(u64::MAX)), now() + MAX_DELAY);
     }
 
     #[test]

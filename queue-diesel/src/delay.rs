@@ -137,7 +137,14 @@ fn savepoint<T>(env: &Env, f: impl FnOnce() -> Result<T, JobError>) -> Result<Re
     type Tm = <crate::connection::AnyConnection as diesel::Connection>::TransactionManager;
     Tm::begin_transaction(&mut *env.try_conn()?).map_err(Error::query("open a savepoint"))?;
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    let mut conn = env.try_conn()?;
+    let Ok(mut conn) = env.try_conn() else {
+        // The body kept a connection guard alive (only possible by leaking it): nothing can be
+        // rolled back from here; the enclosing transaction's rollback will.
+        return match outcome {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(_) => Err(Error::ConnectionBusy),
+        };
+    };
     match outcome {
         Ok(Ok(value)) => {
             Tm::commit_transaction(&mut conn).map_err(Error::query("release a savepoint"))?;

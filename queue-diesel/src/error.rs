@@ -74,6 +74,17 @@ pub enum Error {
         /// The verdict, as text.
         verdict: String,
     },
+    /// Code inside a queue transaction opened a transaction it did not close, or closed one it
+    /// did not open: everything was rolled back.
+    #[error(
+        "transaction left at depth {found} instead of {expected}: code inside it opened a transaction it did not close, or closed one it did not open; everything was rolled back"
+    )]
+    TransactionDepth {
+        /// The depth the queue opened.
+        expected: u32,
+        /// The depth found when the body returned.
+        found: u32,
+    },
     /// The job was taken over by another worker: its result was not committed.
     #[error("job {0} was taken over by another worker; its result was not committed")]
     LeaseLost(String),
@@ -95,6 +106,31 @@ impl Error {
     /// Wrap a Diesel error with what the queue was doing.
     pub(crate) fn query(what: &'static str) -> impl FnOnce(diesel::result::Error) -> Error {
         move |source| Error::Query { what, source }
+    }
+}
+
+impl Error {
+    /// True for failures that say nothing about the job: the database was busy, the connection
+    /// dropped, the transaction lost a serialization conflict. A job that met one is given back
+    /// (its try not counted) rather than failed.
+    pub fn is_transient(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error as Diesel};
+        match self {
+            Error::Connect { .. } | Error::ConnectionBusy => true,
+            Error::Query { source, .. } => match source {
+                Diesel::DatabaseError(kind, info) => {
+                    matches!(
+                        kind,
+                        DatabaseErrorKind::SerializationFailure | DatabaseErrorKind::ClosedConnection
+                    ) || info.message().contains("database is locked")
+                        || info.message().contains("database table is locked")
+                        || info.message().contains("deadlock detected")
+                }
+                Diesel::BrokenTransactionManager => true,
+                _ => false,
+            },
+            _ => false,
+        }
     }
 }
 

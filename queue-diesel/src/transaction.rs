@@ -165,30 +165,43 @@ pub fn in_transaction() -> bool {
     CURRENT.with(|stack| !stack.borrow().is_empty())
 }
 
+/// How many transactions and savepoints are open on `conn`.
+fn depth(conn: &mut AnyConnection) -> diesel::QueryResult<u32> {
+    with_backend!(conn, c => AnsiTransactionManager::transaction_manager_status_mut(c)
+        .transaction_depth()
+        .map(|d| d.map_or(0, |d| d.get())))
+}
+
 /// Begin a transaction on `conn`: `BEGIN IMMEDIATE` on SQLite (take the write lock now rather than
 /// fail to upgrade it later), `BEGIN` on PostgreSQL; a savepoint when one is already open.
-pub(crate) fn begin(conn: &mut AnyConnection) -> diesel::QueryResult<()> {
-    let depth = with_backend!(&mut *conn, c => AnsiTransactionManager::transaction_manager_status_mut(c)
-        .transaction_depth()?
-        .map_or(0, |d| d.get()));
+/// Returns the depth it opened.
+pub(crate) fn begin(conn: &mut AnyConnection) -> diesel::QueryResult<u32> {
+    let outer = depth(conn)?;
     match conn {
-        AnyConnection::Sqlite(c) if depth == 0 => {
-            AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")
+        AnyConnection::Sqlite(c) if outer == 0 => {
+            AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?
         }
-        other => <AnyConnection as diesel::Connection>::TransactionManager::begin_transaction(other),
+        other => <AnyConnection as diesel::Connection>::TransactionManager::begin_transaction(other)?,
     }
+    Ok(outer + 1)
 }
 
 fn commit(conn: &mut AnyConnection) -> diesel::QueryResult<()> {
     <AnyConnection as diesel::Connection>::TransactionManager::commit_transaction(conn)
 }
 
-fn rollback(conn: &mut AnyConnection) -> diesel::QueryResult<()> {
-    <AnyConnection as diesel::Connection>::TransactionManager::rollback_transaction(conn)
+/// Roll back everything opened at depth `level` and above.
+fn rollback_to(conn: &mut AnyConnection, level: u32) {
+    while depth(conn).is_ok_and(|d| d >= level) {
+        if <AnyConnection as diesel::Connection>::TransactionManager::rollback_transaction(conn).is_err() {
+            return;
+        }
+    }
 }
 
 /// Run `f` inside a transaction (or a savepoint) on `conn`: commit on `Ok`, roll back on `Err`
-/// or panic.
+/// or panic. If `f` leaves the connection at another depth than it found it (it opened a
+/// transaction it did not close, or closed ours), everything is rolled back and that is an error.
 pub(crate) fn in_transaction_on<T, E>(
     conn: &mut AnyConnection,
     f: impl FnOnce(&mut AnyConnection) -> Result<T, E>,
@@ -196,22 +209,29 @@ pub(crate) fn in_transaction_on<T, E>(
 where
     E: From<Error>,
 {
-    begin(conn).map_err(|e| E::from(Error::query("begin a transaction")(e)))?;
+    let level = begin(conn).map_err(|e| E::from(Error::query("begin a transaction")(e)))?;
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut *conn)));
     match outcome {
-        Ok(Ok(value)) => match commit(conn) {
-            Ok(()) => Ok(value),
-            Err(e) => {
-                let _ = rollback(conn);
-                Err(E::from(Error::query("commit a transaction")(e)))
+        Ok(Ok(value)) => {
+            let found = depth(conn).unwrap_or(0);
+            if found != level {
+                rollback_to(conn, level);
+                return Err(E::from(Error::TransactionDepth { expected: level, found }));
             }
-        },
+            match commit(conn) {
+                Ok(()) => Ok(value),
+                Err(e) => {
+                    rollback_to(conn, level);
+                    Err(E::from(Error::query("commit a transaction")(e)))
+                }
+            }
+        }
         Ok(Err(err)) => {
-            let _ = rollback(conn);
+            rollback_to(conn, level);
             Err(err)
         }
         Err(panic) => {
-            let _ = rollback(conn);
+            rollback_to(conn, level);
             std::panic::resume_unwind(panic)
         }
     }

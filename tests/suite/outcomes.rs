@@ -13,6 +13,8 @@ backend_tests!(
     retry_postpones_until_max_retries_then_fails,
     retry_pattern_sets_the_delays,
     postpone_does_not_use_up_tries,
+    a_job_that_leaves_a_transaction_open_fails_and_writes_nothing,
+    absurd_retry_delays_are_cut_to_a_century,
     cancel_verdict_cancels,
     deleted_records_are_skipped,
     all_records_deleted_means_nothing_to_do,
@@ -192,4 +194,29 @@ fn postpone_does_not_use_up_tries(t: TestDb) {
         assert_eq!((job.eta.expect("eta") - clock.now()).num_seconds(), 30);
         clock.advance(chrono::TimeDelta::seconds(30));
     }
+}
+
+fn a_job_that_leaves_a_transaction_open_fails_and_writes_nothing(t: TestDb) {
+    let list = t.partners(&["ada"]);
+    let id = queue(&t, |_| Partner::queue().leaves_savepoint(&list));
+    assert_eq!(run_all(&t), 1);
+    let job = t.db.job(&id).expect("job");
+    assert_eq!(job.state, JobState::Failed);
+    let message = job.exc_message.unwrap_or_default();
+    assert!(message.starts_with("transaction left at depth 2 instead of 1"), "{message}");
+    assert_eq!(t.partner(list[0].id).expect("row").note, "", "rolled back");
+    // The worker's connection is clean again: the next job runs.
+    let next = queue(&t, |_| Partner::queue().export(&list, "after".into()));
+    assert_eq!(run_all(&t), 1);
+    assert_eq!(t.db.job(&next).expect("job").state, JobState::Done);
+}
+
+fn absurd_retry_delays_are_cut_to_a_century(t: TestDb) {
+    let list = t.partners(&["ada"]);
+    let id = queue(&t, |_| Partner::queue().flaky(&list, u64::MAX));
+    assert_eq!(run_all(&t), 1, "the worker survives");
+    let job = t.db.job(&id).expect("job");
+    assert_eq!(job.state, JobState::Pending);
+    let years = (job.eta.expect("eta") - chrono::Utc::now()).num_days() / 365;
+    assert_eq!(years, 100);
 }

@@ -13,6 +13,7 @@ backend_tests!(
     shutdown_waits_for_running_jobs,
     shutdown_after_grace_gives_running_jobs_back,
     two_workers_never_run_a_job_twice,
+    unusable_worker_settings_are_refused,
 );
 
 fn all_done(db: &Database, n: usize) -> bool {
@@ -166,4 +167,22 @@ fn two_workers_never_run_a_job_twice(t: TestDb) {
     for p in &list {
         assert_eq!(t.partner(p.id).expect("row").exports, 1, "{} exported exactly once", p.name);
     }
+}
+
+fn unusable_worker_settings_are_refused(t: TestDb) {
+    let config = WorkerConfig { poll_interval: Some(Duration::ZERO), ..WorkerConfig::default() };
+    let err = Worker::new(t.db.clone(), config).expect_err("zero poll");
+    assert_eq!(err.to_string(), "expected a poll interval > 0 ms");
+    let config = WorkerConfig {
+        channels: "root:2,root.mail:1:sequential".parse().expect("parses"),
+        ..WorkerConfig::default()
+    };
+    let err = Worker::new(t.db.clone(), config).expect_err("sequential");
+    assert!(err.to_string().contains("\"root.mail\" is configured as sequential"), "{err}");
+    let config = WorkerConfig { channels: "root:40".parse().expect("parses"), ..WorkerConfig::default() };
+    let err = Worker::new(t.db.clone(), config).expect_err("pool too small");
+    assert!(
+        err.to_string().contains("the connection pool holds 8 connections but channels root:40 need 42"),
+        "{err}"
+    );
 }

@@ -3,7 +3,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use chrono::TimeDelta;
+use queue_core::options::after_std;
 use queue_core::retry::delay_for;
 use queue_core::{JobError, JobId, JobState};
 
@@ -15,13 +15,26 @@ use crate::store::{ClaimParams, FinishParams, JobRow, Store};
 use crate::transaction::{Env, in_transaction_on};
 
 /// How one run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RunOutcome {
-    /// The job's state after the run (`pending` for a retry). `None` when the outcome could not
-    /// be stored (lease lost, database error): the job stays with its claim.
+    /// The job's state after the run (`pending` for a retry or a give-back). `None` when nothing
+    /// was stored: the lease was lost, or the database failed.
     pub state: Option<JobState>,
     /// Jobs the job queued while it ran.
     pub queued: Vec<JobId>,
+    /// Nothing could be stored but the claim may still hold: the caller must give the job back
+    /// (`job_release` with its lease) once the database answers again.
+    pub unsettled: bool,
+}
+
+impl RunOutcome {
+    fn stored(state: JobState) -> Self {
+        RunOutcome { state: Some(state), ..RunOutcome::default() }
+    }
+
+    fn unsettled() -> Self {
+        RunOutcome { unsettled: true, ..RunOutcome::default() }
+    }
 }
 
 /// Why a job's own transaction did not commit.
@@ -88,11 +101,18 @@ pub fn run_claimed(db: &Database, conn: &mut AnyConnection, row: &JobRow) -> Run
         })
     });
     match ran {
-        Ok(queued) => RunOutcome { state: Some(JobState::Done), queued },
+        Ok(queued) => RunOutcome { queued, ..RunOutcome::stored(JobState::Done) },
         Err(Abort::Verdict(verdict)) => store_verdict(db, conn, row, &lease, Some(function), verdict),
         Err(Abort::LeaseLost) => {
             tracing::warn!(job = %job.uuid, "job was taken over by another worker; its writes were rolled back");
-            RunOutcome { state: None, queued: Vec::new() }
+            RunOutcome::default()
+        }
+        Err(Abort::Library(e)) if e.is_transient() => {
+            tracing::warn!(job = %job.uuid, error = %chain(&e), "database unavailable during a job; giving it back");
+            match conn.job_release(&[row.id], &lease) {
+                Ok(_) => RunOutcome::stored(JobState::Pending),
+                Err(_) => RunOutcome::unsettled(),
+            }
         }
         Err(Abort::Library(e)) => {
             tracing::error!(job = %job.uuid, error = %chain(&e), "job could not be run");
@@ -124,7 +144,7 @@ fn store_verdict(
                 uncount_attempt = *ignore_attempt;
                 let pattern = function.and_then(JobFunction::retry_pattern);
                 let delay = after.unwrap_or_else(|| delay_for(pattern.as_ref(), tries));
-                let eta = now + TimeDelta::from_std(delay).unwrap_or(TimeDelta::MAX);
+                let eta = after_std(now, delay);
                 let name = if *ignore_attempt { "Postponed" } else { "Retry" };
                 (JobState::Pending, None, Some((name.to_owned(), reason.clone(), String::new())), Some(eta))
             }
@@ -151,25 +171,30 @@ fn store_verdict(
         })
     });
     match stored {
-        Ok(true) => RunOutcome { state: Some(state), queued: Vec::new() },
+        Ok(true) => RunOutcome::stored(state),
         Ok(false) => {
             tracing::warn!(job = %row.uuid, "job was taken over by another worker; its outcome was not stored");
-            RunOutcome { state: None, queued: Vec::new() }
+            RunOutcome::default()
         }
         Err(e) => {
-            tracing::error!(job = %row.uuid, error = %chain(&e), "failed to store a job's outcome");
-            RunOutcome { state: None, queued: Vec::new() }
+            tracing::error!(job = %row.uuid, error = %chain(&e), "failed to store a job's outcome; it will be given back");
+            RunOutcome::unsettled()
         }
     }
 }
 
+/// Jobs claimed at once by [`run_after_commit`]: few, so a crash leaves few claimed.
+const AFTER_COMMIT_CHUNK: usize = 16;
+
 /// Run jobs queued by a committed transaction when no worker is configured: each in its own
-/// transaction, in claim order; jobs they queue in turn run after them. Their etas are not
-/// waited for (there is no worker to come back for them). Errors are stored on the jobs; a
-/// failure of the queue itself is logged and leaves the jobs for a worker.
+/// transaction, in claim order, a few claimed at a time; jobs they queue in turn run after them.
+/// Their etas are not waited for (no worker will come back for them). A job's failure is stored
+/// on the job; a failure of the database itself is logged, and the jobs not run yet stay
+/// `pending` (a worker, or `queue-worker run --until-idle`, can run them later).
 pub(crate) fn run_after_commit(db: &Database, conn: &mut AnyConnection, mut ids: Vec<JobId>) {
     let worker_id = format!("after-commit:{}", std::process::id());
     while !ids.is_empty() {
+        let rest = ids.split_off(ids.len().min(AFTER_COMMIT_CHUNK));
         let uuids: Vec<String> = ids.iter().map(JobId::to_string).collect();
         let lease = JobId::new().to_string();
         let claimed = conn.job_claim(&ClaimParams {
@@ -190,10 +215,16 @@ pub(crate) fn run_after_commit(db: &Database, conn: &mut AnyConnection, mut ids:
             }
         };
         rows.sort_by_key(|r| (r.priority, r.id));
-        ids = Vec::new();
+        let mut next = Vec::new();
         for row in &rows {
-            ids.extend(run_claimed(db, conn, row).queued);
+            let outcome = run_claimed(db, conn, row);
+            if outcome.unsettled {
+                let _ = conn.job_release(&[row.id], row.lease_token.as_deref().unwrap_or_default());
+            }
+            next.extend(outcome.queued);
         }
+        ids = rest;
+        ids.extend(next);
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod executor;
 
 use std::collections::{HashMap, HashSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -94,8 +95,8 @@ pub fn default_worker_id() -> String {
 /// What the dispatcher reacts to.
 #[derive(Debug)]
 enum Event {
-    /// An executor finished a job.
-    Finished { id: i64 },
+    /// An executor is done with a job. `unsettled`: nothing could be stored, give it back.
+    Finished { id: i64, lease: String, unsettled: bool },
     /// A job may have been queued.
     Wake,
     /// Stop claiming and shut down.
@@ -189,6 +190,15 @@ impl Worker {
         if functions.is_empty() {
             return Err(Error::NoFunctions);
         }
+        if config.poll_interval.is_some_and(|p| p.is_zero()) {
+            return Err(Error::Config("expected a poll interval > 0 ms".into()));
+        }
+        if let Some(channel) = config.channels.channels().find(|c| c.sequential) {
+            return Err(Error::Config(format!(
+                "channel {:?} is configured as sequential, which this version does not support yet; remove \":sequential\"",
+                channel.name
+            )));
+        }
         // One connection per executor, one for claims, one to spare for the application.
         let needed = config.channels.total_capacity() + 2;
         if (db.pool_size() as usize) < needed {
@@ -219,6 +229,7 @@ impl Worker {
     pub fn run_until_idle(&self) -> Result<u64> {
         let mut conn = self.db.conn()?;
         let mut ran = 0;
+        let mut seen = HashSet::new();
         loop {
             let lease = JobId::new().to_string();
             let rows = conn.job_claim(&ClaimParams {
@@ -232,8 +243,16 @@ impl Worker {
                 ignore_eta: false,
             })?;
             let Some(row) = rows.into_iter().next() else { return Ok(ran) };
-            executor::run_claimed(&self.db, &mut conn, &row);
+            let again = !seen.insert(row.id);
+            let outcome = executor::run_claimed(&self.db, &mut conn, &row);
+            if outcome.unsettled {
+                conn.job_release(&[row.id], row.lease_token.as_deref().unwrap_or_default())?;
+            }
             ran += 1;
+            // A job retried with no delay is due again at once: one run per call is enough.
+            if again {
+                return Ok(ran);
+            }
         }
     }
 
@@ -267,17 +286,22 @@ impl Worker {
             functions = self.functions.len(),
             "worker started"
         );
-        let outcome = self.dispatch(shutdown, &events_rx, &jobs_tx);
+        let mut state = Dispatch::default();
+        let fatal = self.dispatch(shutdown, &events_rx, &jobs_tx, &mut state).err();
         stop_listener.store(true, Ordering::Relaxed);
-        let (mut stats, in_flight) = outcome?;
-        stats.released = self.drain(&events_rx, in_flight, &mut stats);
+        drop(jobs_tx);
+        self.drain(&events_rx, &mut state);
+        let stats = state.stats;
         tracing::info!(
             claimed = stats.claimed,
             finished = stats.finished,
             released = stats.released,
             "worker stopped"
         );
-        Ok(stats)
+        match fatal {
+            Some(e) => Err(e),
+            None => Ok(stats),
+        }
     }
 
     fn spawn_executor(
@@ -293,16 +317,18 @@ impl Worker {
                 loop {
                     let next = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
                     let Ok(Assignment { row }) = next else { return };
-                    let id = row.id;
-                    match db.conn() {
-                        Ok(mut conn) => {
-                            executor::run_claimed(&db, &mut conn, &row);
-                        }
+                    let lease = row.lease_token.clone().unwrap_or_default();
+                    // Job panics are caught inside; this catches the queue's own, so that the
+                    // slot and the job are always accounted for.
+                    let unsettled = match db.conn() {
+                        Ok(mut conn) => catch_unwind(AssertUnwindSafe(|| executor::run_claimed(&db, &mut conn, &row)))
+                            .map_or(true, |outcome| outcome.unsettled),
                         Err(e) => {
-                            tracing::error!(job = %row.uuid, error = %executor::chain(&e), "no connection to run a job; it stays claimed");
+                            tracing::error!(job = %row.uuid, error = %executor::chain(&e), "no connection to run a job; it will be given back");
+                            true
                         }
-                    }
-                    if events.send(Event::Finished { id }).is_err() {
+                    };
+                    if events.send(Event::Finished { id: row.id, lease, unsettled }).is_err() {
                         return;
                     }
                 }
@@ -311,37 +337,56 @@ impl Worker {
             .map_err(|source| Error::Io { what: "failed to start an executor thread", source })
     }
 
-    /// The claim loop. Returns the stats and the jobs still running (id → (lease, channel)).
-    #[allow(clippy::type_complexity)]
+    /// Give back jobs whose outcome could not be stored; keep those the database refused.
+    fn settle(&self, unsettled: &mut Vec<(i64, String)>, stats: &mut WorkerStats) {
+        unsettled.retain(|(id, lease)| {
+            match self.db.conn().and_then(|mut conn| conn.job_release(&[*id], lease)) {
+                Ok(n) => {
+                    stats.released += n as u64;
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(job_id = id, error = %executor::chain(&e), "cannot give a job back yet");
+                    true
+                }
+            }
+        });
+    }
+
+    /// The claim loop, until shutdown or a fatal error.
     fn dispatch(
         &self,
         shutdown: &Shutdown,
         events: &Receiver<Event>,
         jobs: &Sender<Assignment>,
-    ) -> Result<(WorkerStats, HashMap<i64, (String, String)>)> {
+        state: &mut Dispatch,
+    ) -> Result<()> {
         let channels = &self.config.channels;
-        let filters: Vec<ChannelFilter> = channels
+        // Deepest channels first: a sub-channel with its own capacity is not starved by the
+        // backlog of its parent.
+        let mut filters: Vec<ChannelFilter> = channels
             .channels()
             .map(|c| ChannelFilter {
                 node: c.name.clone(),
                 excluded: channels.configured_children(&c.name).into_iter().map(str::to_owned).collect(),
             })
             .collect();
+        filters.sort_by_key(|f| std::cmp::Reverse(f.node.matches('.').count()));
         let poll = self.poll_interval();
-        let mut load = ChannelLoad::default();
-        let mut in_flight: HashMap<i64, (String, String)> = HashMap::new();
         let mut dry: HashSet<String> = HashSet::new();
         let mut last_poll = Instant::now();
         let mut backoff = Duration::from_millis(100);
-        let mut stats = WorkerStats::default();
         while !shutdown.is_triggered() {
             if last_poll.elapsed() >= poll {
                 dry.clear();
                 last_poll = Instant::now();
             }
+            if !state.unsettled.is_empty() {
+                self.settle(&mut state.unsettled, &mut state.stats);
+            }
             let mut failed = false;
             for filter in &filters {
-                let free = load.free(channels, &filter.node);
+                let free = state.load.free(channels, &filter.node);
                 if free == 0 || dry.contains(&filter.node) {
                     continue;
                 }
@@ -364,9 +409,9 @@ impl Worker {
                             dry.insert(filter.node.clone());
                         }
                         for row in rows {
-                            load.start(&filter.node);
-                            in_flight.insert(row.id, (lease.clone(), filter.node.clone()));
-                            stats.claimed += 1;
+                            state.load.start(&filter.node);
+                            state.in_flight.insert((row.id, lease.clone()), filter.node.clone());
+                            state.stats.claimed += 1;
                             if jobs.send(Assignment { row }).is_err() {
                                 return Err(Error::Config("all executor threads stopped".into()));
                             }
@@ -392,12 +437,7 @@ impl Worker {
                     let mut next = Some(event);
                     while let Some(event) = next {
                         match event {
-                            Event::Finished { id } => {
-                                if let Some((_, node)) = in_flight.remove(&id) {
-                                    load.finish(&node);
-                                    stats.finished += 1;
-                                }
-                            }
+                            Event::Finished { id, lease, unsettled } => state.finished(id, lease, unsettled),
                             Event::Wake => dry.clear(),
                             Event::Stop => break,
                         }
@@ -408,38 +448,49 @@ impl Worker {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        Ok((stats, in_flight))
+        Ok(())
     }
 
-    /// Wait for running jobs up to the grace period, then give back those still running.
-    fn drain(
-        &self,
-        events: &Receiver<Event>,
-        mut in_flight: HashMap<i64, (String, String)>,
-        stats: &mut WorkerStats,
-    ) -> u64 {
+    /// Wait for running jobs up to the grace period, then give back those still running and
+    /// those whose outcome could not be stored.
+    fn drain(&self, events: &Receiver<Event>, state: &mut Dispatch) {
         let deadline = Instant::now() + self.config.grace_period;
-        while !in_flight.is_empty() {
+        while !state.in_flight.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             match events.recv_timeout(left) {
-                Ok(Event::Finished { id }) => {
-                    if in_flight.remove(&id).is_some() {
-                        stats.finished += 1;
-                    }
-                }
+                Ok(Event::Finished { id, lease, unsettled }) => state.finished(id, lease, unsettled),
                 Ok(_) => {}
                 Err(_) => break,
             }
         }
-        let mut released = 0;
-        for (id, (lease, _)) in in_flight {
-            match self.db.conn().and_then(|mut conn| conn.job_release(&[id], &lease)) {
-                Ok(n) => released += n as u64,
-                Err(e) => {
-                    tracing::error!(job_id = id, error = %executor::chain(&e), "failed to give back a running job")
-                }
-            }
+        let running: Vec<(i64, String)> = state.in_flight.drain().map(|(key, _)| key).collect();
+        state.unsettled.extend(running);
+        self.settle(&mut state.unsettled, &mut state.stats);
+        for (id, _) in &state.unsettled {
+            tracing::error!(job_id = id, "could not give a job back; it stays started until it is rescued");
         }
-        released
+    }
+}
+
+/// The dispatcher's books.
+#[derive(Debug, Default)]
+struct Dispatch {
+    load: ChannelLoad,
+    /// (job id, lease) → configured channel, for jobs handed to executors.
+    in_flight: HashMap<(i64, String), String>,
+    /// Jobs whose outcome could not be stored, to give back.
+    unsettled: Vec<(i64, String)>,
+    stats: WorkerStats,
+}
+
+impl Dispatch {
+    fn finished(&mut self, id: i64, lease: String, unsettled: bool) {
+        if let Some(node) = self.in_flight.remove(&(id, lease.clone())) {
+            self.load.finish(&node);
+            self.stats.finished += 1;
+        }
+        if unsettled {
+            self.unsettled.push((id, lease));
+        }
     }
 }
