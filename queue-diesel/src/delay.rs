@@ -82,6 +82,12 @@ pub fn enqueue(
                 created_at: now,
             })
             .collect();
+        // A test's trap (`testing::JobsTrap`) catches the jobs before anything else sees them.
+        let uuids: Vec<JobId> = jobs.iter().map(|j| j.uuid).collect();
+        let jobs: Vec<NewJob> = jobs.into_iter().filter_map(crate::testing::catch).collect();
+        if jobs.is_empty() {
+            return Ok(JobHandle { uuids, func: function.name(), ran_now: false, existing: false });
+        }
         let mut handle = JobHandle {
             uuids: Vec::with_capacity(jobs.len()),
             func: function.name(),

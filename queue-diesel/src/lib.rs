@@ -51,6 +51,7 @@
 //! | [`store`] | the storage seam: every SQL statement of the queue |
 //! | [`worker`] | claim under channel capacity, run, shut down |
 //! | [`cli`] | the `queue-worker` command, reusable in an application's own worker binary |
+//! | [`testing`] | trap, assert and perform queued jobs in an application's tests |
 //!
 //! ## Features
 //!
@@ -69,6 +70,7 @@ pub mod model;
 pub mod notify;
 pub mod schema;
 pub mod store;
+pub mod testing;
 pub mod transaction;
 pub mod worker;
 

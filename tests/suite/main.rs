@@ -6,4 +6,5 @@ mod operator;
 mod options;
 mod outcomes;
 mod store;
+mod testing;
 mod worker;
