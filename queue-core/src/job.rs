@@ -64,6 +64,8 @@ pub struct NewJob {
     pub context: Context,
     /// Options with defaults applied.
     pub options: ResolvedOptions,
+    /// Jobs that must be done before this one starts.
+    pub parents: Vec<JobId>,
     /// When the call was made.
     pub created_at: DateTime<Utc>,
 }

@@ -136,6 +136,8 @@ pub struct JobOptions {
     pub identity_key: Option<String>,
     /// Deadline: among jobs of one priority, the sooner deadline runs first.
     pub expected_at: Option<Eta>,
+    /// Jobs that must be done before this one starts (queue_job's `chain`, `group`, `on_done`).
+    pub depends_on: Vec<crate::job::JobId>,
 }
 
 /// Options with every default applied and every value checked: what is stored on the row.

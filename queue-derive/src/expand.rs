@@ -95,6 +95,14 @@ pub fn model(m: &Model) -> TokenStream {
                 self
             }
 
+            /// Start only once the job(s) of `handle` are done (queue_job's `on_done`; call it
+            /// several times for a group). A cancelled parent cancels this job too; a failed one
+            /// keeps it waiting until an operator requeues or sets the parent done.
+            pub fn depends_on(mut self, handle: &#krate::__private::JobHandle) -> Self {
+                self.options.depends_on.extend_from_slice(handle.uuids());
+                self
+            }
+
             /// The options set so far.
             pub fn options(&self) -> &#krate::__private::JobOptions {
                 &self.options

@@ -79,6 +79,7 @@ pub fn enqueue(
                 args: args.clone(),
                 context: env.context().clone(),
                 options: resolved.clone(),
+                parents: options.depends_on.clone(),
                 created_at: now,
             })
             .collect();

@@ -57,5 +57,20 @@ diesel::table! {
         worker_id -> Nullable<Text>,
         /// Token of the current claim.
         lease_token -> Nullable<Text>,
+        /// Some job depends on this one.
+        has_dependents -> Bool,
     }
 }
+
+diesel::table! {
+    /// A child job waits until each of its parents is done.
+    queue_job_dependency (child_id, parent_id) {
+        /// The waiting job.
+        child_id -> BigInt,
+        /// A job it waits for.
+        parent_id -> BigInt,
+    }
+}
+
+diesel::joinable!(queue_job_dependency -> queue_job (parent_id));
+diesel::allow_tables_to_appear_in_same_query!(queue_job, queue_job_dependency);

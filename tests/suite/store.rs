@@ -31,6 +31,7 @@ fn new_job(channel: &str, priority: i32, eta_secs: Option<i64>) -> NewJob {
         args: serde_json::json!({"target": "x"}),
         context: Context::user(1),
         options: options.resolve(&FunctionDefaults::default(), "res.partner.export", now).expect("valid"),
+        parents: vec![],
         created_at: now,
     }
 }
@@ -121,6 +122,7 @@ fn finish_is_fenced_by_the_lease(t: TestDb) {
         exc: None,
         eta: None,
         uncount_attempt: false,
+        settle_dependents: false,
         now: Utc::now(),
     };
     assert!(!conn.job_finish(&finish("someone-else")).expect("finish"), "a stale lease cannot finish");

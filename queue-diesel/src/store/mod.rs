@@ -51,6 +51,7 @@ pub struct JobRow {
     pub date_done: Option<NaiveDateTime>,
     pub worker_id: Option<String>,
     pub lease_token: Option<String>,
+    pub has_dependents: bool,
 }
 
 #[derive(Insertable)]
@@ -79,7 +80,11 @@ impl<'a> NewJobRow<'a> {
     fn from_job(job: &'a NewJob) -> Result<Self> {
         Ok(NewJobRow {
             uuid: job.uuid.to_string(),
-            state: JobState::Pending.as_str(),
+            state: if job.parents.is_empty() {
+                JobState::Pending.as_str()
+            } else {
+                JobState::WaitDependencies.as_str()
+            },
             func: &job.func,
             model: &job.model,
             record_ids: encode(&job.record_ids, "record ids")?,
@@ -190,6 +195,9 @@ pub struct FinishParams<'a> {
     pub eta: Option<DateTime<Utc>>,
     /// Take back the try the claim counted (a postponed job).
     pub uncount_attempt: bool,
+    /// The job has dependents: release them (done) or cancel them (cancelled) in the same
+    /// transaction.
+    pub settle_dependents: bool,
     /// Now.
     pub now: DateTime<Utc>,
 }
@@ -232,7 +240,11 @@ pub trait Store {
     fn job_finish(&mut self, params: &FinishParams<'_>) -> Result<bool>;
     /// One job by uuid.
     fn job_get(&mut self, uuid: &JobId) -> Result<Option<Job>>;
-    /// Insert new jobs (`pending`).
+    /// After a job became `done` or `cancelled`: release the children whose parents are now all
+    /// done, or cancel the waiting descendants of a cancelled job. Returns how many changed.
+    fn job_dependents_settle(&mut self, parent_id: i64, parent_state: JobState) -> Result<usize>;
+    /// Insert new jobs: `pending`, or `wait_dependencies` for a job whose parents are not all done
+    /// (a job whose parent was cancelled is inserted `cancelled`).
     fn job_insert_many(&mut self, jobs: &[NewJob]) -> Result<()>;
     /// Insert a job that has an identity key, unless a job with that key has not started yet:
     /// then nothing is inserted and that job's uuid is returned (with `false`). The database's
@@ -304,7 +316,75 @@ impl Store for AnyConnection {
         );
         let n = with_backend!(self, c => diesel::update(target).set(changes).execute(c))
             .map_err(Error::query("store a job's outcome"))?;
+        if n == 1 && p.settle_dependents {
+            self.job_dependents_settle(p.id, p.state)?;
+        }
         Ok(n == 1)
+    }
+
+    fn job_dependents_settle(&mut self, parent_id: i64, parent_state: JobState) -> Result<usize> {
+        use crate::schema::queue_job_dependency as dep;
+        use queue_job::dsl;
+        let waiting = JobState::WaitDependencies.as_str();
+        match parent_state {
+            JobState::Done => {
+                // The waiting children of this job, released when all their parents are done.
+                let children = dep::table.filter(dep::parent_id.eq(parent_id)).select(dep::child_id);
+                let ids: Vec<i64> = with_backend!(self, c => dsl::queue_job
+                    .filter(dsl::id.eq_any(children))
+                    .filter(dsl::state.eq(waiting))
+                    .select(dsl::id)
+                    .load(c))
+                .map_err(Error::query("find the children of a job"))?;
+                let mut released = 0;
+                for child in ids {
+                    let parents = dep::table.filter(dep::child_id.eq(child)).select(dep::parent_id);
+                    let open: i64 = with_backend!(self, c => dsl::queue_job
+                        .filter(dsl::id.eq_any(parents))
+                        .filter(dsl::state.ne(JobState::Done.as_str()))
+                        .count()
+                        .get_result(c))
+                    .map_err(Error::query("check the parents of a job"))?;
+                    if open == 0 {
+                        let target = dsl::queue_job.filter(dsl::id.eq(child)).filter(dsl::state.eq(waiting));
+                        released += with_backend!(self, c => diesel::update(target)
+                            .set(dsl::state.eq(JobState::Pending.as_str()))
+                            .execute(c))
+                        .map_err(Error::query("release a child job"))?;
+                    }
+                }
+                Ok(released)
+            }
+            JobState::Cancelled => {
+                // Every waiting descendant, level by level.
+                let mut parents = vec![parent_id];
+                let mut cancelled = 0;
+                while !parents.is_empty() {
+                    let children =
+                        dep::table.filter(dep::parent_id.eq_any(parents.clone())).select(dep::child_id);
+                    let ids: Vec<i64> = with_backend!(self, c => dsl::queue_job
+                        .filter(dsl::id.eq_any(children))
+                        .filter(dsl::state.eq(waiting))
+                        .select(dsl::id)
+                        .load(c))
+                    .map_err(Error::query("find the descendants of a job"))?;
+                    if ids.is_empty() {
+                        break;
+                    }
+                    let target =
+                        dsl::queue_job.filter(dsl::id.eq_any(ids.clone())).filter(dsl::state.eq(waiting));
+                    let changes = (
+                        dsl::state.eq(JobState::Cancelled.as_str()),
+                        dsl::result.eq("a job it depends on was cancelled"),
+                    );
+                    cancelled += with_backend!(self, c => diesel::update(target).set(changes).execute(c))
+                        .map_err(Error::query("cancel the descendants of a job"))?;
+                    parents = ids;
+                }
+                Ok(cancelled)
+            }
+            _ => Ok(0),
+        }
     }
 
     fn job_get(&mut self, uuid: &JobId) -> Result<Option<Job>> {
@@ -322,6 +402,12 @@ impl Store for AnyConnection {
         if jobs.is_empty() {
             return Ok(());
         }
+        if jobs.iter().any(|j| !j.parents.is_empty()) {
+            for job in jobs {
+                self.job_insert_unique(job)?;
+            }
+            return Ok(());
+        }
         let rows = jobs.iter().map(NewJobRow::from_job).collect::<Result<Vec<_>>>()?;
         // SQLite allows at most 32766 bound values per statement: 16 columns, so 2000 rows.
         for chunk in rows.chunks(1000) {
@@ -333,20 +419,29 @@ impl Store for AnyConnection {
 
     fn job_insert_unique(&mut self, job: &NewJob) -> Result<(JobId, bool)> {
         use queue_job::dsl;
+        let mut row = NewJobRow::from_job(job)?;
+        let parents = if job.parents.is_empty() { Vec::new() } else { self.parents_of(job, &mut row)? };
         let Some(key) = job.options.identity_key.as_deref() else {
-            self.job_insert_many(std::slice::from_ref(job))?;
+            let id: i64 = with_backend!(self, c => diesel::insert_into(queue_job::table)
+                .values(&row)
+                .returning(dsl::id)
+                .get_result(c))
+            .map_err(Error::query("insert a job"))?;
+            self.link_parents(id, &parents)?;
             return Ok((job.uuid, true));
         };
-        let row = NewJobRow::from_job(job)?;
         // The existing job may start between our insert and our look-up; then the key is free
         // again and the next insert succeeds.
         for _ in 0..5 {
-            let inserted = with_backend!(self, c => diesel::insert_into(queue_job::table)
+            let inserted: Option<i64> = with_backend!(self, c => diesel::insert_into(queue_job::table)
                 .values(&row)
                 .on_conflict_do_nothing()
-                .execute(c))
+                .returning(dsl::id)
+                .get_result(c)
+                .optional())
             .map_err(Error::query("insert a job with an identity key"))?;
-            if inserted == 1 {
+            if let Some(id) = inserted {
+                self.link_parents(id, &parents)?;
                 return Ok((job.uuid, true));
             }
             let waiting =
@@ -439,6 +534,14 @@ impl Store for AnyConnection {
             with_backend!(self, c => diesel::update(target).set(changes).execute(c))
         }
         .map_err(Error::query("change a job's state"))?;
+        if n == 1 && matches!(p.to, JobState::Done | JobState::Cancelled) {
+            let id: i64 = with_backend!(self, c => dsl::queue_job
+                .filter(dsl::uuid.eq(p.uuid.to_string()))
+                .select(dsl::id)
+                .first(c))
+            .map_err(Error::query("read a job"))?;
+            self.job_dependents_settle(id, p.to)?;
+        }
         Ok(n == 1)
     }
 
@@ -447,6 +550,58 @@ impl Store for AnyConnection {
             AnyConnection::Sqlite(c) => sqlite::schema_migrate(c),
             AnyConnection::Postgres(c) => postgres::schema_migrate(c),
         }
+    }
+}
+
+impl AnyConnection {
+    /// Row ids of a new job's parents; sets the row's state from theirs (all done: pending; one
+    /// cancelled: cancelled). On PostgreSQL the parents are locked (`FOR SHARE`) until commit, so
+    /// a parent cannot finish unseen between this look-up and the child's insert.
+    fn parents_of(&mut self, job: &NewJob, row: &mut NewJobRow<'_>) -> Result<Vec<i64>> {
+        use queue_job::dsl;
+        let uuids: Vec<String> = job.parents.iter().map(JobId::to_string).collect();
+        let found: Vec<(i64, String, String)> = match self {
+            AnyConnection::Sqlite(c) => dsl::queue_job
+                .filter(dsl::uuid.eq_any(&uuids))
+                .select((dsl::id, dsl::uuid, dsl::state))
+                .load(c),
+            AnyConnection::Postgres(c) => dsl::queue_job
+                .filter(dsl::uuid.eq_any(&uuids))
+                .select((dsl::id, dsl::uuid, dsl::state))
+                .for_share()
+                .load(c),
+        }
+        .map_err(Error::query("read the parents of a job"))?;
+        if let Some(missing) = uuids.iter().find(|u| !found.iter().any(|(_, f, _)| f == *u)) {
+            return Err(Error::JobNotFound(missing.clone()));
+        }
+        let states: Vec<&str> = found.iter().map(|(_, _, state)| state.as_str()).collect();
+        row.state = if states.contains(&JobState::Cancelled.as_str()) {
+            JobState::Cancelled.as_str()
+        } else if states.iter().all(|s| *s == JobState::Done.as_str()) {
+            JobState::Pending.as_str()
+        } else {
+            JobState::WaitDependencies.as_str()
+        };
+        Ok(found.into_iter().map(|(id, _, _)| id).collect())
+    }
+
+    /// Record that job `child` depends on `parents`.
+    fn link_parents(&mut self, child: i64, parents: &[i64]) -> Result<()> {
+        use crate::schema::queue_job_dependency as dep;
+        use queue_job::dsl;
+        if parents.is_empty() {
+            return Ok(());
+        }
+        let links: Vec<_> =
+            parents.iter().map(|p| (dep::child_id.eq(child), dep::parent_id.eq(*p))).collect();
+        with_backend!(self, c => diesel::insert_into(dep::table).values(&links).execute(c))
+            .map_err(Error::query("link a job to its parents"))?;
+        with_backend!(self, c => diesel::update(dsl::queue_job.filter(dsl::id.eq_any(parents)))
+            .set(dsl::has_dependents.eq(true))
+            .execute(c))
+        .map_err(Error::query("mark the parents of a job"))?;
+        Ok(())
     }
 }
 

@@ -92,6 +92,7 @@ pub fn run_claimed(db: &Database, conn: &mut AnyConnection, row: &JobRow) -> Run
                 exc: None,
                 eta: None,
                 uncount_attempt: false,
+                settle_dependents: row.has_dependents,
                 now: db.now(),
             })?;
             if !finished {
@@ -167,6 +168,7 @@ fn store_verdict(
             exc: exc.as_ref().map(|(n, m, i)| (n.as_str(), m.as_str(), i.as_str())),
             eta,
             uncount_attempt,
+            settle_dependents: row.has_dependents,
             now,
         })
     });
@@ -191,40 +193,51 @@ const AFTER_COMMIT_CHUNK: usize = 16;
 /// Their etas are not waited for (no worker will come back for them). A job's failure is stored
 /// on the job; a failure of the database itself is logged, and the jobs not run yet stay
 /// `pending` (a worker, or `queue-worker run --until-idle`, can run them later).
-pub(crate) fn run_after_commit(db: &Database, conn: &mut AnyConnection, mut ids: Vec<JobId>) {
+pub(crate) fn run_after_commit(db: &Database, conn: &mut AnyConnection, ids: Vec<JobId>) {
     let worker_id = format!("after-commit:{}", std::process::id());
-    while !ids.is_empty() {
-        let rest = ids.split_off(ids.len().min(AFTER_COMMIT_CHUNK));
-        let uuids: Vec<String> = ids.iter().map(JobId::to_string).collect();
-        let lease = JobId::new().to_string();
-        let claimed = conn.job_claim(&ClaimParams {
-            worker_id: &worker_id,
-            lease_token: &lease,
-            now: db.now(),
-            limit: uuids.len() as i64,
-            channel: None,
-            uuids: Some(&uuids),
-            funcs: None,
-            ignore_eta: true,
-        });
-        let mut rows = match claimed {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::error!(error = %chain(&e), "failed to take the jobs queued by a transaction; they stay pending");
-                return;
+    let mut todo = ids;
+    // Jobs waiting for a parent in the same batch are not claimable yet: they get another pass
+    // once the others ran, as long as passes make progress.
+    loop {
+        let mut progressed = false;
+        let mut waiting = Vec::new();
+        while !todo.is_empty() {
+            let rest = todo.split_off(todo.len().min(AFTER_COMMIT_CHUNK));
+            let chunk = std::mem::replace(&mut todo, rest);
+            let uuids: Vec<String> = chunk.iter().map(JobId::to_string).collect();
+            let lease = JobId::new().to_string();
+            let claimed = conn.job_claim(&ClaimParams {
+                worker_id: &worker_id,
+                lease_token: &lease,
+                now: db.now(),
+                limit: uuids.len() as i64,
+                channel: None,
+                uuids: Some(&uuids),
+                funcs: None,
+                ignore_eta: true,
+            });
+            let mut rows = match claimed {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::error!(error = %chain(&e), "failed to take the jobs queued by a transaction; they stay pending");
+                    return;
+                }
+            };
+            rows.sort_by_key(|r| (r.priority, r.id));
+            waiting.extend(chunk.into_iter().filter(|id| !rows.iter().any(|r| r.uuid == id.to_string())));
+            for row in &rows {
+                progressed = true;
+                let outcome = run_claimed(db, conn, row);
+                if outcome.unsettled {
+                    let _ = conn.job_release(&[row.id], row.lease_token.as_deref().unwrap_or_default());
+                }
+                todo.extend(outcome.queued);
             }
-        };
-        rows.sort_by_key(|r| (r.priority, r.id));
-        let mut next = Vec::new();
-        for row in &rows {
-            let outcome = run_claimed(db, conn, row);
-            if outcome.unsettled {
-                let _ = conn.job_release(&[row.id], row.lease_token.as_deref().unwrap_or_default());
-            }
-            next.extend(outcome.queued);
         }
-        ids = rest;
-        ids.extend(next);
+        if waiting.is_empty() || !progressed {
+            return;
+        }
+        todo = waiting;
     }
 }
 

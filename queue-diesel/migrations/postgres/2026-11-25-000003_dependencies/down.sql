@@ -1,0 +1,2 @@
+DROP TABLE queue_job_dependency;
+ALTER TABLE queue_job DROP COLUMN has_dependents;
