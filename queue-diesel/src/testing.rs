@@ -138,7 +138,7 @@ impl JobsTrap {
             let function = registry.get(&job.func).ok_or_else(|| Error::UnknownFunction(job.func.clone()))?;
             let inv = Invocation { func: function.name(), record_ids: &job.record_ids, args: &job.args };
             let ran = in_transaction_on::<_, Performing>(&mut conn, |conn| {
-                Env::enter(conn, job.context.clone(), db.clone(), Some(job.uuid), |env| {
+                Env::enter(conn, job.context.clone(), db.clone(), Some((job.uuid, 1)), |env| {
                     (function.run)(env, &inv).map_err(Performing::Verdict)
                 })
             });

@@ -33,8 +33,8 @@ pub struct Env {
     queued: RefCell<Vec<JobId>>,
     /// Whether workers were already notified in this transaction.
     notified: Cell<bool>,
-    /// The job being run, when this is a job's environment.
-    job: Option<JobId>,
+    /// The job being run and which try this is, when this is a job's environment.
+    job: Option<(JobId, i32)>,
     /// An `Env` is tied to its thread and its stack frame.
     _not_send: PhantomData<*const ()>,
 }
@@ -102,7 +102,13 @@ impl Env {
 
     /// The job being run, when this environment is a job's.
     pub fn job_id(&self) -> Option<JobId> {
-        self.job
+        self.job.map(|(id, _)| id)
+    }
+
+    /// Which try of the job this run is: 1 for the first. 0 outside a job, or when the job runs
+    /// at the call (no-delay mode).
+    pub fn attempt(&self) -> i32 {
+        self.job.map_or(0, |(_, attempt)| attempt)
     }
 
     pub(crate) fn record_queued(&self, id: JobId) {
@@ -123,7 +129,7 @@ impl Env {
         conn: &mut AnyConnection,
         context: Context,
         db: Database,
-        job: Option<JobId>,
+        job: Option<(JobId, i32)>,
         f: impl FnOnce(&Env) -> R,
     ) -> R {
         let env = Env {

@@ -124,6 +124,29 @@ impl Partner {
     }
 }
 
+#[queueable]
+impl Partner {
+    /// Push partners to a CRM that is busy the first two times (retried by the pattern).
+    #[job(channel = "root.export", retry_pattern = "1:1", max_retries = 5)]
+    pub fn sync_crm(records: Vec<Partner>, env: &Env) -> JobResult<String> {
+        if env.attempt() < 3 {
+            return Err(JobError::retry(format!("CRM busy (try {})", env.attempt())));
+        }
+        Ok(format!("synced {} partner(s) on try {}", records.len(), env.attempt()))
+    }
+
+    /// Write a summary once the exports it depends on are done.
+    #[job(channel = "root.mail")]
+    pub fn send_summary(_records: Vec<Partner>, env: &Env, to: String) -> JobResult<String> {
+        let exported: i64 =
+            partners::table.filter(partners::exports.gt(0)).count().get_result(&mut *env.conn())?;
+        let dir = export_dir();
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("summary.txt"), format!("to {to}: {exported} partner(s) exported\n"))?;
+        Ok(format!("summary for {to}: {exported} exported"))
+    }
+}
+
 /// Create the application's table on either backend.
 pub fn create_tables(db: &Database) -> Result<(), queue_diesel::Error> {
     let mut conn = db.conn()?;

@@ -88,15 +88,25 @@ fn demo() -> Result<(), queue_diesel::Error> {
     db.transaction(Context::user(9).with("lang", "en"), |env| {
         let all = table::table.select(Partner::as_select()).order(table::id).load(&mut *env.conn())?;
         let (good, bad): (Vec<Partner>, Vec<Partner>) = all.into_iter().partition(|p| p.email.contains('@'));
-        Partner::queue().priority(20).export(&good, "crm".into())?;
+        // An identity key: queueing the same export twice keeps one job.
+        let export = Partner::queue().priority(20).identity_key("crm-export").export(&good, "crm".into())?;
+        let again = Partner::queue().identity_key("crm-export").export(&good, "crm".into())?;
+        println!("identity key: the second export is the first one again: {}", again.existing());
+        // A chain: the summary waits for the export.
+        Partner::queue().depends_on(&export).send_summary(NoRecords, "sales@example.org".into())?;
         Partner::queue()
             .priority(5)
             .description("Export the partner with a bad address")
             .export(&bad, "crm".into())?;
+        // Retried by its pattern until the CRM answers.
+        Partner::queue().sync_crm(&good)?;
         Ok::<_, queue_diesel::Error>(())
     })?;
     print_jobs(&db, "before the worker")?;
 
+    println!(
+        "a worker with channels root:2,root.export:1 runs them (the CRM sync is retried twice, 1 s apart)"
+    );
     let worker = Worker::new(
         db.clone(),
         WorkerConfig { channels: "root:2,root.export:1".parse()?, ..WorkerConfig::default() },
@@ -120,6 +130,8 @@ fn demo() -> Result<(), queue_diesel::Error> {
     print_jobs(&db, "after the worker")?;
     let file = std::fs::read_to_string(export_dir().join("crm.csv")).unwrap_or_default();
     println!("{}/crm.csv:\n{file}", export_dir().display());
+    let summary = std::fs::read_to_string(export_dir().join("summary.txt")).unwrap_or_default();
+    println!("{}/summary.txt: {summary}", export_dir().display());
     println!("inspect a job: cargo run -p partners --bin worker -- --database-url {url} jobs show <uuid>");
     Ok(())
 }
@@ -133,8 +145,8 @@ fn print_jobs(db: &Database, when: &str) -> Result<(), queue_diesel::Error> {
     for job in jobs {
         let outcome = job.result.clone().or(job.exc_message.clone()).unwrap_or_default();
         println!(
-            "  {:<9} prio {:>2}  {:<12} {:<24} {}",
-            job.state, job.priority, job.channel, job.func, outcome
+            "  {:<17} prio {:>2}  try {}  {:<12} {:<25} {}",
+            job.state, job.priority, job.attempts, job.channel, job.func, outcome
         );
     }
     println!();

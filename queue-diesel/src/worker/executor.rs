@@ -79,7 +79,7 @@ pub fn run_claimed(db: &Database, conn: &mut AnyConnection, row: &JobRow) -> Run
         return store_verdict(db, conn, row, &lease, None, verdict);
     };
     let ran = in_transaction_on::<_, Abort>(conn, |conn| {
-        Env::enter(conn, job.context.clone(), db.clone(), Some(job.uuid), |env| {
+        Env::enter(conn, job.context.clone(), db.clone(), Some((job.uuid, job.attempts)), |env| {
             let inv = Invocation { func: function.name(), record_ids: &job.record_ids, args: &job.args };
             let verdict = catch_unwind(AssertUnwindSafe(|| (function.run)(env, &inv)))
                 .unwrap_or_else(|p| Err(panic_verdict(p)));
