@@ -121,6 +121,34 @@ impl Partner {
         Ok(())
     }
 
+    /// Writes, then sleeps past its timeout without looking.
+    #[job(timeout = "300ms")]
+    pub fn oversleeps(records: Vec<Partner>, env: &Env, millis: u64) -> JobResult {
+        for p in &records {
+            diesel::update(partners::table.find(p.id))
+                .set(partners::note.eq("overslept"))
+                .execute(&mut *env.conn())?;
+        }
+        std::thread::sleep(Duration::from_millis(millis));
+        Ok(())
+    }
+
+    /// Loops until told it ran out of time; retried per its pattern.
+    #[job(timeout = "200ms", retry_pattern = "1:60")]
+    pub fn polite_loop(_records: Vec<Partner>, env: &Env) -> JobResult {
+        loop {
+            env.check_cancelled()?;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Blocks in a long statement (PostgreSQL), which the timeout cancels.
+    #[job(timeout = "300ms")]
+    pub fn blocks_in_sql(_records: Vec<Partner>, env: &Env) -> JobResult {
+        diesel::sql_query("SELECT pg_sleep(30)").execute(&mut *env.conn())?;
+        Ok(())
+    }
+
     /// Cancels itself.
     pub fn give_up(_records: Vec<Partner>) -> JobResult {
         Err(JobError::Cancel("not needed any more".into()))

@@ -54,6 +54,41 @@ pub fn after_std(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
     after(now, TimeDelta::from_std(delay).unwrap_or(MAX_DELAY))
 }
 
+/// Parse a duration written like `"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"` or a sum such as
+/// `"1h30m"`.
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    let bad =
+        || Error::Option(format!("expected a duration like \"30s\", \"5m\" or \"1h30m\", got {text:?}"));
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let value: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            "d" => Duration::from_secs(86_400),
+            _ => return Err(bad()),
+        };
+        total = unit
+            .checked_mul(u32::try_from(value).map_err(|_| bad())?)
+            .and_then(|d| total.checked_add(d))
+            .ok_or_else(bad)?;
+        rest = &rest[unit_len..];
+    }
+    if total.is_zero() {
+        return Err(Error::Option(format!("expected a duration > 0, got {text:?}")));
+    }
+    Ok(total)
+}
+
 /// Records per job when the context asks for batches with `queue_batch: true` (Tryton's default).
 pub const DEFAULT_BATCH_SIZE: usize = 20;
 /// Delay before a retry when the verdict and the function give none (queue_job: 10 minutes).
@@ -116,6 +151,8 @@ pub struct FunctionDefaults {
     pub description: Option<&'static str>,
     /// Delays between tries (`"1:10,5:60"`); checked when the registry is built.
     pub retry_pattern: Option<&'static str>,
+    /// Longest a run may take (`"5m"`); checked when the registry is built.
+    pub timeout: Option<&'static str>,
 }
 
 /// Options set on one call through the delayable builder (`Model::queue().priority(30)…`).
@@ -278,6 +315,7 @@ mod tests {
             max_retries: Some(3),
             description: Some("Export partners"),
             retry_pattern: None,
+            timeout: None,
         };
         let from_function = JobOptions::default().resolve(&defaults, "m.f", now()).expect("ok");
         assert_eq!(from_function.channel, "root.export");
@@ -360,6 +398,22 @@ mod tests {
                 JobOptions::default().with_context(&Context::new().with(key, value), 20).expect_err(key);
             assert_eq!(err.to_string(), message);
         }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").ok(), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s").ok(), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m").ok(), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m").ok(), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration(" 2d ").ok(), Some(Duration::from_secs(172_800)));
+        for bad in ["", "5", "m", "5 minutes", "1.5h", "-3s", "0s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            parse_duration("5x").expect_err("unit").to_string(),
+            r#"invalid job option: expected a duration like "30s", "5m" or "1h30m", got "5x""#
+        );
     }
 
     #[test]

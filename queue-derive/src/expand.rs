@@ -133,6 +133,7 @@ pub fn queueable(q: &Queueable) -> TokenStream {
         let priority = opt_int(&method.job.priority);
         let max_retries = opt_int(&method.job.max_retries);
         let retry_pattern = opt_str(&method.job.retry_pattern);
+        let timeout = opt_str(&method.job.timeout);
         let description = match (&method.job.description, &method.doc) {
             (Some(lit), _) => quote!(::core::option::Option::Some(#lit)),
             (None, Some(doc)) => quote!(::core::option::Option::Some(#doc)),
@@ -145,6 +146,7 @@ pub fn queueable(q: &Queueable) -> TokenStream {
                 max_retries: #max_retries,
                 description: #description,
                 retry_pattern: #retry_pattern,
+                timeout: #timeout,
             }
         };
         let mut call_args = Vec::new();

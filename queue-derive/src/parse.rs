@@ -155,6 +155,7 @@ pub struct JobAttr {
     pub max_retries: Option<syn::LitInt>,
     pub description: Option<LitStr>,
     pub retry_pattern: Option<LitStr>,
+    pub timeout: Option<LitStr>,
 }
 
 /// One parameter of a job method after the records.
@@ -179,7 +180,25 @@ pub struct Queueable {
     pub krate: Path,
 }
 
-const JOB_KEYS: &str = "channel, priority, max_retries, description, retry_pattern";
+const JOB_KEYS: &str = "channel, priority, max_retries, description, retry_pattern, timeout";
+
+/// Check a duration literal (`"30s"`, `"5m"`, `"1h30m"`) the way `queue_core` parses it.
+fn valid_duration(text: &str) -> bool {
+    let mut rest = text.trim();
+    let mut total: u128 = 0;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let Ok(value) = rest[..digits].parse::<u32>() else { return false };
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        if !matches!(&rest[..unit_len], "ms" | "s" | "m" | "h" | "d") {
+            return false;
+        }
+        total += u128::from(value);
+        rest = &rest[unit_len..];
+    }
+    total > 0
+}
 
 /// Check a retry pattern literal (`"1:10,5:60"`) the way `queue_core::RetryPattern` parses it.
 fn valid_retry_pattern(text: &str) -> bool {
@@ -241,6 +260,20 @@ fn parse_job_attr(attr: &Attribute, errors: &mut Errors) -> JobAttr {
                 .map(|lit| job.max_retries = Some(lit))
                 .map_err(|e| syn::Error::new(e.span(), "expected max_retries >= 0 (0 retries forever)")),
             "description" => string().map(|lit| job.description = Some(lit)),
+            "timeout" => string().and_then(|lit| {
+                if valid_duration(&lit.value()) {
+                    job.timeout = Some(lit);
+                    Ok(())
+                } else {
+                    Err(syn::Error::new(
+                        lit.span(),
+                        format!(
+                            "invalid timeout {:?}: expected a duration like \"30s\", \"5m\" or \"1h30m\"",
+                            lit.value()
+                        ),
+                    ))
+                }
+            }),
             "retry_pattern" => string().and_then(|lit| {
                 if valid_retry_pattern(&lit.value()) {
                     job.retry_pattern = Some(lit);

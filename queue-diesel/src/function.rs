@@ -59,6 +59,26 @@ impl JobFunction {
     pub fn retry_pattern(&self) -> Option<RetryPattern> {
         self.defaults.retry_pattern.and_then(|p| p.parse().ok())
     }
+
+    /// The function's timeout (checked when the registry is built, like the pattern).
+    pub fn timeout(&self) -> Option<std::time::Duration> {
+        self.defaults.timeout.and_then(|t| queue_core::options::parse_duration(t).ok())
+    }
+
+    /// Why the function's declared settings are unusable, if they are.
+    fn check(&self) -> Option<String> {
+        if let Some(pattern) = self.defaults.retry_pattern
+            && let Err(e) = pattern.parse::<RetryPattern>()
+        {
+            return Some(format!("job function {}: {e}", self.name()));
+        }
+        if let Some(timeout) = self.defaults.timeout
+            && let Err(e) = queue_core::options::parse_duration(timeout)
+        {
+            return Some(format!("job function {}: timeout: {e}", self.name()));
+        }
+        None
+    }
 }
 
 impl Named for JobFunction {
@@ -92,13 +112,16 @@ pub fn registry() -> Result<&'static Registry<JobFunction>> {
     static REGISTRY: OnceLock<Result<Registry<JobFunction>, String>> = OnceLock::new();
     REGISTRY
         .get_or_init(|| {
-            Registry::build(inventory::iter::<Registration>.into_iter().map(|r| r.0)).map_err(|e| match e {
-                queue_core::Error::DuplicateFunction(name) => name,
-                other => other.to_string(),
-            })
+            let registry = Registry::build(inventory::iter::<Registration>.into_iter().map(|r| r.0))
+                .map_err(|e| e.to_string())?;
+            // The macro checks these at compile time; entries built by hand are checked here.
+            match registry.names().into_iter().filter_map(|name| registry.get(name)?.check()).next() {
+                Some(problem) => Err(problem),
+                None => Ok(registry),
+            }
         })
         .as_ref()
-        .map_err(|name| Error::Core(queue_core::Error::DuplicateFunction(name.clone())))
+        .map_err(|message| Error::Registry(message.clone()))
 }
 
 /// Re-load the records of a job, in the order they were given. Deleted records are skipped;

@@ -27,7 +27,7 @@ use serde_json::Value;
 use crate::database::Database;
 use crate::error::{Error, Result};
 use crate::function::{Invocation, registry};
-use crate::transaction::{Env, in_transaction_on};
+use crate::transaction::{Env, JobRun, in_transaction_on};
 
 thread_local! {
     /// The traps open on this thread; the innermost catches.
@@ -138,9 +138,13 @@ impl JobsTrap {
             let function = registry.get(&job.func).ok_or_else(|| Error::UnknownFunction(job.func.clone()))?;
             let inv = Invocation { func: function.name(), record_ids: &job.record_ids, args: &job.args };
             let ran = in_transaction_on::<_, Performing>(&mut conn, |conn| {
-                Env::enter(conn, job.context.clone(), db.clone(), Some((job.uuid, 1)), |env| {
-                    (function.run)(env, &inv).map_err(Performing::Verdict)
-                })
+                Env::enter(
+                    conn,
+                    job.context.clone(),
+                    db.clone(),
+                    Some(JobRun { uuid: job.uuid, attempt: 1, control: None }),
+                    |env| (function.run)(env, &inv).map_err(Performing::Verdict),
+                )
             });
             let outcome = match ran {
                 Ok(result) => Ok(result),

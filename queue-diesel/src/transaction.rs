@@ -33,10 +33,18 @@ pub struct Env {
     queued: RefCell<Vec<JobId>>,
     /// Whether workers were already notified in this transaction.
     notified: Cell<bool>,
-    /// The job being run and which try this is, when this is a job's environment.
-    job: Option<(JobId, i32)>,
+    /// The job being run, when this is a job's environment.
+    job: Option<JobRun>,
     /// An `Env` is tied to its thread and its stack frame.
     _not_send: PhantomData<*const ()>,
+}
+
+/// What an environment knows of the job it runs.
+#[derive(Debug, Clone)]
+pub(crate) struct JobRun {
+    pub uuid: JobId,
+    pub attempt: i32,
+    pub control: Option<std::sync::Arc<crate::worker::executor::JobControl>>,
 }
 
 /// Exclusive access to the transaction's connection; release it before queueing a job.
@@ -102,13 +110,29 @@ impl Env {
 
     /// The job being run, when this environment is a job's.
     pub fn job_id(&self) -> Option<JobId> {
-        self.job.map(|(id, _)| id)
+        self.job.as_ref().map(|run| run.uuid)
     }
 
     /// Which try of the job this run is: 1 for the first. 0 outside a job, or when the job runs
     /// at the call (no-delay mode).
     pub fn attempt(&self) -> i32 {
-        self.job.map_or(0, |(_, attempt)| attempt)
+        self.job.as_ref().map_or(0, |run| run.attempt)
+    }
+
+    /// True once the worker has given up on this run (its timeout passed): the job's outcome
+    /// will not be stored, so a long body should stop as soon as it sees this.
+    pub fn is_cancelled(&self) -> bool {
+        self.job.as_ref().and_then(|run| run.control.as_ref()).is_some_and(|c| c.is_cancelled())
+    }
+
+    /// `Err` once the run is cancelled (see [`Env::is_cancelled`]): `env.check_cancelled()?` in a
+    /// loop ends a body that ran out of time.
+    pub fn check_cancelled(&self) -> queue_core::JobResult<()> {
+        if self.is_cancelled() {
+            Err(queue_core::JobError::failed("TimeoutError", "the run was cancelled: it ran out of time"))
+        } else {
+            Ok(())
+        }
     }
 
     pub(crate) fn record_queued(&self, id: JobId) {
@@ -129,7 +153,7 @@ impl Env {
         conn: &mut AnyConnection,
         context: Context,
         db: Database,
-        job: Option<(JobId, i32)>,
+        job: Option<JobRun>,
         f: impl FnOnce(&Env) -> R,
     ) -> R {
         let env = Env {

@@ -8,4 +8,5 @@ mod options;
 mod outcomes;
 mod store;
 mod testing;
+mod timeouts;
 mod worker;

@@ -2,6 +2,10 @@
 //! store the outcome together with the job's writes, fenced by the claim's lease.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+use diesel::RunQueryDsl;
 
 use queue_core::options::after_std;
 use queue_core::retry::delay_for;
@@ -12,7 +16,7 @@ use crate::database::Database;
 use crate::error::Error;
 use crate::function::{Invocation, JobFunction, registry};
 use crate::store::{ClaimParams, FinishParams, JobRow, Store};
-use crate::transaction::{Env, in_transaction_on};
+use crate::transaction::{Env, JobRun, in_transaction_on};
 
 /// How one run ended.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -35,6 +39,55 @@ impl RunOutcome {
     fn unsettled() -> Self {
         RunOutcome { unsettled: true, ..RunOutcome::default() }
     }
+}
+
+/// Shared by a running job and the worker watching its deadline.
+#[derive(Debug, Default)]
+pub struct JobControl {
+    cancelled: AtomicBool,
+    /// PostgreSQL backend pid of the job's connection (0: unknown), to cancel its statement.
+    pg_pid: AtomicI32,
+}
+
+impl JobControl {
+    /// Give up on the run: the body sees it through `Env::is_cancelled`.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+    }
+
+    /// True once cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// The backend pid of the connection running the job, when known.
+    pub fn pg_pid(&self) -> Option<i32> {
+        Some(self.pg_pid.load(Ordering::SeqCst)).filter(|pid| *pid != 0)
+    }
+}
+
+/// The verdict for a run that passed its function's timeout: retried per the function's retry
+/// pattern if it has one, else failed.
+pub(crate) fn timeout_verdict(function: &JobFunction) -> JobError {
+    let limit = function.timeout().map(|t| format!("{t:?}")).unwrap_or_else(|| "?".into());
+    let message = format!("the job exceeded its timeout of {limit}");
+    if function.retry_pattern().is_some() {
+        JobError::Retry { after: None, reason: message, ignore_attempt: false }
+    } else {
+        JobError::Failed { name: "TimeoutError".into(), message, info: String::new() }
+    }
+}
+
+/// Store the timeout verdict of a job another thread is still running (its lease fences the
+/// running body off).
+pub(crate) fn store_timeout(
+    db: &Database,
+    conn: &mut AnyConnection,
+    row: &JobRow,
+    function: &JobFunction,
+) -> RunOutcome {
+    let lease = row.lease_token.clone().unwrap_or_default();
+    store_verdict(db, conn, row, &lease, Some(function), timeout_verdict(function))
 }
 
 /// Why a job's own transaction did not commit.
@@ -60,8 +113,19 @@ fn panic_verdict(payload: Box<dyn std::any::Any + Send>) -> JobError {
     JobError::Failed { name: "panic".into(), message, info: "the job function panicked".into() }
 }
 
-/// Run a claimed job on `conn`.
+/// Run a claimed job on `conn`. Timeouts are not watched here (see [`run_claimed_with`]).
 pub fn run_claimed(db: &Database, conn: &mut AnyConnection, row: &JobRow) -> RunOutcome {
+    run_claimed_with(db, conn, row, None)
+}
+
+/// Run a claimed job on `conn`, under the watch of `control` when given: a cancelled run is
+/// rolled back and gets its function's timeout verdict.
+pub(crate) fn run_claimed_with(
+    db: &Database,
+    conn: &mut AnyConnection,
+    row: &JobRow,
+    control: Option<Arc<JobControl>>,
+) -> RunOutcome {
     let lease = row.lease_token.clone().unwrap_or_default();
     let job = match row.decode() {
         Ok(job) => job,
@@ -78,11 +142,22 @@ pub fn run_claimed(db: &Database, conn: &mut AnyConnection, row: &JobRow) -> Run
         );
         return store_verdict(db, conn, row, &lease, None, verdict);
     };
+    let watched = control.clone().filter(|_| function.timeout().is_some());
+    let run = JobRun { uuid: job.uuid, attempt: job.attempts, control: watched.clone() };
     let ran = in_transaction_on::<_, Abort>(conn, |conn| {
-        Env::enter(conn, job.context.clone(), db.clone(), Some((job.uuid, job.attempts)), |env| {
+        if let (Some(control), AnyConnection::Postgres(c)) = (&watched, &mut *conn) {
+            let pid: i32 = diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("pg_backend_pid()"))
+                .get_result(c)
+                .map_err(|e| Abort::Library(Error::query("read the backend pid")(e)))?;
+            control.pg_pid.store(pid, Ordering::SeqCst);
+        }
+        Env::enter(conn, job.context.clone(), db.clone(), Some(run), |env| {
             let inv = Invocation { func: function.name(), record_ids: &job.record_ids, args: &job.args };
             let verdict = catch_unwind(AssertUnwindSafe(|| (function.run)(env, &inv)))
                 .unwrap_or_else(|p| Err(panic_verdict(p)));
+            if watched.as_ref().is_some_and(|c| c.is_cancelled()) {
+                return Err(Abort::Verdict(timeout_verdict(function)));
+            }
             let result = verdict.map_err(Abort::Verdict)?;
             let finished = env.try_conn()?.job_finish(&FinishParams {
                 id: row.id,

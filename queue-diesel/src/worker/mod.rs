@@ -7,6 +7,8 @@
 
 pub mod executor;
 
+use executor::JobControl;
+
 use std::collections::{HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +22,7 @@ use queue_core::{ChannelConfig, JobId};
 use crate::connection::Backend;
 use crate::database::Database;
 use crate::error::{Error, Result};
-use crate::function::registry;
+use crate::function::{JobFunction, registry};
 use crate::store::{ChannelFilter, ClaimParams, JobRow, Store};
 
 /// How often an idle worker looks for due jobs when nothing woke it (PostgreSQL).
@@ -106,6 +108,55 @@ enum Event {
 /// A job handed to an executor.
 struct Assignment {
     row: JobRow,
+    control: Arc<JobControl>,
+}
+
+/// The executor threads: how to start one more (to replace one stuck in a timed-out job).
+#[derive(Debug)]
+struct Executors {
+    db: Database,
+    jobs: Arc<Mutex<Receiver<Assignment>>>,
+    events: Sender<Event>,
+    started: usize,
+}
+
+impl Executors {
+    fn spawn(&mut self) -> Result<()> {
+        let db = self.db.clone();
+        let jobs = Arc::clone(&self.jobs);
+        let events = self.events.clone();
+        self.started += 1;
+        std::thread::Builder::new()
+            .name(format!("queue-exec-{}", self.started))
+            .spawn(move || {
+                loop {
+                    let next = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok(Assignment { row, control }) = next else { return };
+                    let lease = row.lease_token.clone().unwrap_or_default();
+                    // Job panics are caught inside; this catches the queue's own, so that the
+                    // slot and the job are always accounted for.
+                    let unsettled = match db.conn() {
+                        Ok(mut conn) => catch_unwind(AssertUnwindSafe(|| {
+                            executor::run_claimed_with(&db, &mut conn, &row, Some(Arc::clone(&control)))
+                        }))
+                        .map_or(true, |outcome| outcome.unsettled),
+                        Err(e) => {
+                            tracing::error!(job = %row.uuid, error = %executor::chain(&e), "no connection to run a job; it will be given back");
+                            true
+                        }
+                    };
+                    if events.send(Event::Finished { id: row.id, lease, unsettled }).is_err() {
+                        return;
+                    }
+                    // A timed-out run was replaced by a new thread when its time ran out.
+                    if control.is_cancelled() {
+                        return;
+                    }
+                }
+            })
+            .map(|_| ())
+            .map_err(|source| Error::Io { what: "failed to start an executor thread", source })
+    }
 }
 
 /// Asks a running worker to stop; cheap to clone, usable from any thread or signal handler.
@@ -173,6 +224,8 @@ pub struct WorkerStats {
     pub finished: u64,
     /// Jobs given back at shutdown because they were still running after the grace period.
     pub released: u64,
+    /// Runs given up because they passed their function's timeout.
+    pub timed_out: u64,
 }
 
 /// A worker bound to a database and a configuration.
@@ -265,9 +318,14 @@ impl Worker {
             return Ok(WorkerStats::default());
         }
         let (jobs_tx, jobs_rx) = mpsc::channel::<Assignment>();
-        let jobs_rx = Arc::new(Mutex::new(jobs_rx));
-        for n in 0..self.config.channels.total_capacity() {
-            self.spawn_executor(n, Arc::clone(&jobs_rx), events_tx.clone())?;
+        let mut executors = Executors {
+            db: self.db.clone(),
+            jobs: Arc::new(Mutex::new(jobs_rx)),
+            events: events_tx.clone(),
+            started: 0,
+        };
+        for _ in 0..self.config.channels.total_capacity() {
+            executors.spawn()?;
         }
         let stop_listener = Arc::new(AtomicBool::new(false));
         if self.db.backend() == Backend::Postgres {
@@ -286,7 +344,7 @@ impl Worker {
             functions = self.functions.len(),
             "worker started"
         );
-        let mut state = Dispatch::default();
+        let mut state = Dispatch { executors: Some(executors), ..Dispatch::default() };
         let fatal = self.dispatch(shutdown, &events_rx, &jobs_tx, &mut state).err();
         stop_listener.store(true, Ordering::Relaxed);
         drop(jobs_tx);
@@ -302,39 +360,6 @@ impl Worker {
             Some(e) => Err(e),
             None => Ok(stats),
         }
-    }
-
-    fn spawn_executor(
-        &self,
-        n: usize,
-        jobs: Arc<Mutex<Receiver<Assignment>>>,
-        events: Sender<Event>,
-    ) -> Result<()> {
-        let db = self.db.clone();
-        std::thread::Builder::new()
-            .name(format!("queue-exec-{n}"))
-            .spawn(move || {
-                loop {
-                    let next = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                    let Ok(Assignment { row }) = next else { return };
-                    let lease = row.lease_token.clone().unwrap_or_default();
-                    // Job panics are caught inside; this catches the queue's own, so that the
-                    // slot and the job are always accounted for.
-                    let unsettled = match db.conn() {
-                        Ok(mut conn) => catch_unwind(AssertUnwindSafe(|| executor::run_claimed(&db, &mut conn, &row)))
-                            .map_or(true, |outcome| outcome.unsettled),
-                        Err(e) => {
-                            tracing::error!(job = %row.uuid, error = %executor::chain(&e), "no connection to run a job; it will be given back");
-                            true
-                        }
-                    };
-                    if events.send(Event::Finished { id: row.id, lease, unsettled }).is_err() {
-                        return;
-                    }
-                }
-            })
-            .map(|_| ())
-            .map_err(|source| Error::Io { what: "failed to start an executor thread", source })
     }
 
     /// Give back jobs whose outcome could not be stored; keep those the database refused.
@@ -410,9 +435,17 @@ impl Worker {
                         }
                         for row in rows {
                             state.load.start(&filter.node);
-                            state.in_flight.insert((row.id, lease.clone()), filter.node.clone());
+                            let control = Arc::new(JobControl::default());
+                            let timeout = registry()?.get(&row.func).and_then(JobFunction::timeout);
+                            let flight = Flight {
+                                node: filter.node.clone(),
+                                control: Arc::clone(&control),
+                                deadline: timeout.map(|t| Instant::now() + t),
+                                row: timeout.map(|_| row.clone()),
+                            };
+                            state.in_flight.insert((row.id, lease.clone()), flight);
                             state.stats.claimed += 1;
-                            if jobs.send(Assignment { row }).is_err() {
+                            if jobs.send(Assignment { row, control }).is_err() {
                                 return Err(Error::Config("all executor threads stopped".into()));
                             }
                         }
@@ -430,7 +463,11 @@ impl Worker {
                 wait
             } else {
                 backoff = Duration::from_millis(100);
-                poll.saturating_sub(last_poll.elapsed())
+                let until_poll = poll.saturating_sub(last_poll.elapsed());
+                match state.next_deadline() {
+                    Some(deadline) => until_poll.min(deadline.saturating_duration_since(Instant::now())),
+                    None => until_poll,
+                }
             };
             match events.recv_timeout(wait) {
                 Ok(event) => {
@@ -446,6 +483,54 @@ impl Worker {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.expire(state)?;
+        }
+        Ok(())
+    }
+
+    /// Give up on runs past their function's timeout: tell the body, cancel its statement
+    /// (PostgreSQL), store the verdict fenced by the lease (PostgreSQL; on SQLite the running
+    /// transaction holds the write lock, so the executor stores it when the body returns), free
+    /// the slot and start an executor thread in place of the one still stuck in the body.
+    fn expire(&self, state: &mut Dispatch) -> Result<()> {
+        use diesel::RunQueryDsl;
+        let now = Instant::now();
+        let expired: Vec<(i64, String)> = state
+            .in_flight
+            .iter()
+            .filter(|(_, flight)| flight.deadline.is_some_and(|d| d <= now))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in expired {
+            let Some(flight) = state.in_flight.remove(&key) else { continue };
+            flight.control.cancel();
+            state.load.finish(&flight.node);
+            state.stats.timed_out += 1;
+            tracing::warn!(job_id = key.0, "job ran out of time; no longer waiting for it");
+            if self.db.backend() == Backend::Postgres
+                && let Some(row) = &flight.row
+                && let Some(function) = registry()?.get(&row.func)
+            {
+                match self.db.conn() {
+                    Ok(mut conn) => {
+                        if let Some(pid) = flight.control.pg_pid() {
+                            let cancel = diesel::sql_query("SELECT pg_cancel_backend($1)")
+                                .bind::<diesel::sql_types::Integer, _>(pid)
+                                .execute(&mut *conn);
+                            if let Err(e) = cancel {
+                                tracing::warn!(job_id = key.0, error = %e, "could not cancel the job's statement");
+                            }
+                        }
+                        executor::store_timeout(&self.db, &mut conn, row, function);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %executor::chain(&e), "cannot store a timeout now; the job's executor will")
+                    }
+                }
+            }
+            if let Some(executors) = state.executors.as_mut() {
+                executors.spawn()?;
             }
         }
         Ok(())
@@ -472,21 +557,38 @@ impl Worker {
     }
 }
 
+/// A job handed to an executor.
+#[derive(Debug)]
+struct Flight {
+    /// Its configured channel.
+    node: String,
+    control: Arc<JobControl>,
+    /// When its function's timeout runs out.
+    deadline: Option<Instant>,
+    /// The claimed row, kept for jobs with a deadline (to store their timeout).
+    row: Option<JobRow>,
+}
+
 /// The dispatcher's books.
 #[derive(Debug, Default)]
 struct Dispatch {
     load: ChannelLoad,
-    /// (job id, lease) → configured channel, for jobs handed to executors.
-    in_flight: HashMap<(i64, String), String>,
+    /// Jobs handed to executors, by (job id, lease).
+    in_flight: HashMap<(i64, String), Flight>,
+    executors: Option<Executors>,
     /// Jobs whose outcome could not be stored, to give back.
     unsettled: Vec<(i64, String)>,
     stats: WorkerStats,
 }
 
 impl Dispatch {
+    fn next_deadline(&self) -> Option<Instant> {
+        self.in_flight.values().filter_map(|f| f.deadline).min()
+    }
+
     fn finished(&mut self, id: i64, lease: String, unsettled: bool) {
-        if let Some(node) = self.in_flight.remove(&(id, lease.clone())) {
-            self.load.finish(&node);
+        if let Some(flight) = self.in_flight.remove(&(id, lease.clone())) {
+            self.load.finish(&flight.node);
             self.stats.finished += 1;
         }
         if unsettled {

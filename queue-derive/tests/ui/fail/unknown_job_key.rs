@@ -19,7 +19,7 @@ impl Partner {
         Ok(())
     }
 
-    #[job(max_retries = -1, retry_pattern = "1:10,0:5")]
+    #[job(max_retries = -1, retry_pattern = "1:10,0:5", timeout = "5 minutes")]
     pub fn import(records: Vec<Partner>) -> JobResult {
         let _ = records;
         Ok(())

@@ -19,7 +19,7 @@ pub struct Target {
 #[queueable]
 impl Partner {
     /// Export partners.
-    #[job(channel = "root.export", priority = 20, max_retries = 3, description = "Export")]
+    #[job(channel = "root.export", priority = 20, max_retries = 3, description = "Export", timeout = "1h30m")]
     pub fn export(records: Vec<Partner>, env: &Env, target: Target, dry_run: bool) -> JobResult {
         let _ = (records, env.user_id(), target.system, dry_run);
         Ok(())
