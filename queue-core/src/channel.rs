@@ -131,6 +131,11 @@ impl ChannelConfig {
         self.channels.values()
     }
 
+    /// True when the configured channel runs its jobs in strict order.
+    pub fn is_sequential(&self, name: &str) -> bool {
+        self.channels.get(name).is_some_and(|c| c.sequential)
+    }
+
     /// Capacity of a configured channel.
     pub fn capacity(&self, name: &str) -> Option<usize> {
         self.channels.get(name).map(|c| c.capacity)
@@ -167,7 +172,7 @@ impl ChannelConfig {
     }
 
     /// The configured ancestors of a configured channel, nearest first, itself included.
-    fn chain<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Channel> + 'a {
+    pub fn chain<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Channel> + 'a {
         std::iter::successors(Some(node), |n| parent(n)).filter_map(|n| self.channels.get(n))
     }
 }

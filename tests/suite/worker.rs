@@ -173,12 +173,6 @@ fn unusable_worker_settings_are_refused(t: TestDb) {
     let config = WorkerConfig { poll_interval: Some(Duration::ZERO), ..WorkerConfig::default() };
     let err = Worker::new(t.db.clone(), config).expect_err("zero poll");
     assert_eq!(err.to_string(), "expected a poll interval > 0 ms");
-    let config = WorkerConfig {
-        channels: "root:2,root.mail:1:sequential".parse().expect("parses"),
-        ..WorkerConfig::default()
-    };
-    let err = Worker::new(t.db.clone(), config).expect_err("sequential");
-    assert!(err.to_string().contains("\"root.mail\" is configured as sequential"), "{err}");
     let config = WorkerConfig { channels: "root:40".parse().expect("parses"), ..WorkerConfig::default() };
     let err = Worker::new(t.db.clone(), config).expect_err("pool too small");
     assert!(

@@ -234,6 +234,23 @@ pub trait Store {
     /// Take up to `limit` claimable jobs (pending, eta passed), in order of priority then
     /// creation, mark them `started` under the claim's lease and return them.
     fn job_claim(&mut self, params: &ClaimParams<'_>) -> Result<Vec<JobRow>>;
+    /// Claim for a sequential channel (`params.channel`): only the jobs at the head of its claim
+    /// order, and none past a failed job (it blocks the channel until an operator acts) or a job
+    /// not due yet. Serialised per channel across workers.
+    fn job_claim_sequential(&mut self, params: &ClaimParams<'_>) -> Result<Vec<JobRow>>;
+    /// Take up to `want` of the `capacity` slots of `channel` that all workers share, skipping
+    /// the `held` ones: PostgreSQL session advisory locks, freed by [`Store::channel_slots_release`]
+    /// or when the connection ends (a crashed worker frees its slots by itself). On SQLite, whose
+    /// single writer already runs one job at a time, every slot asked for is granted.
+    fn channel_slots_acquire(
+        &mut self,
+        channel: &str,
+        capacity: usize,
+        want: usize,
+        held: &[usize],
+    ) -> Result<Vec<usize>>;
+    /// Give back channel slots taken with [`Store::channel_slots_acquire`].
+    fn channel_slots_release(&mut self, channel: &str, slots: &[usize]) -> Result<()>;
     /// Count jobs per state.
     fn job_count_by_state(&mut self) -> Result<Vec<(JobState, i64)>>;
     /// End a started job, only if `lease_token` still holds it. False when the lease was lost.
@@ -270,10 +287,106 @@ impl Store for AnyConnection {
         }
         let sql = claim::Sql::build(params, self.backend());
         match self {
-            AnyConnection::Sqlite(c) => sqlite::job_claim(c, &sql),
-            AnyConnection::Postgres(c) => postgres::job_claim(c, &sql),
+            AnyConnection::Sqlite(c) => sqlite::load(c, &sql),
+            AnyConnection::Postgres(c) => postgres::load(c, &sql),
         }
         .map_err(Error::query("claim jobs"))
+    }
+
+    fn job_claim_sequential(&mut self, p: &ClaimParams<'_>) -> Result<Vec<JobRow>> {
+        let Some(filter) = p.channel else { return self.job_claim(p) };
+        if p.limit <= 0 {
+            return Ok(Vec::new());
+        }
+        crate::transaction::in_transaction_on::<_, Error>(self, |conn| {
+            if let AnyConnection::Postgres(c) = conn {
+                // One sequential claim per channel at a time, across all workers.
+                diesel::sql_query("SELECT pg_advisory_xact_lock($1, -1)")
+                    .bind::<diesel::sql_types::Integer, _>(channel_key(&filter.node))
+                    .execute(c)
+                    .map_err(Error::query("lock a sequential channel"))?;
+            }
+            let sql = claim::Sql::heads(filter, p.limit + 64);
+            let heads: Vec<HeadRow> = match conn {
+                AnyConnection::Sqlite(c) => sqlite::load(c, &sql),
+                AnyConnection::Postgres(c) => postgres::load(c, &sql),
+            }
+            .map_err(Error::query("read the head of a sequential channel"))?;
+            let now = p.now.naive_utc();
+            let mut take = Vec::new();
+            for head in heads {
+                match head.state.parse::<JobState>()? {
+                    // Strict order: a failed job blocks the channel; so does one not due yet.
+                    JobState::Failed => break,
+                    JobState::Pending if head.eta.is_some_and(|eta| eta > now) => break,
+                    JobState::Pending => {
+                        // A job this binary cannot run waits at the head for one that can.
+                        if p.funcs.is_some_and(|funcs| !funcs.contains(&head.func.as_str())) {
+                            break;
+                        }
+                        take.push(head.uuid);
+                        if take.len() as i64 >= p.limit {
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if take.is_empty() {
+                return Ok(Vec::new());
+            }
+            conn.job_claim(&ClaimParams { uuids: Some(&take), limit: take.len() as i64, ..p.clone() })
+        })
+    }
+
+    fn channel_slots_acquire(
+        &mut self,
+        channel: &str,
+        capacity: usize,
+        want: usize,
+        held: &[usize],
+    ) -> Result<Vec<usize>> {
+        let AnyConnection::Postgres(c) = self else {
+            // One writer at a time: SQLite itself keeps every channel within its capacity.
+            return Ok((0..want).collect());
+        };
+        let key = channel_key(channel);
+        let mut got = Vec::with_capacity(want);
+        for slot in (0..capacity).filter(|s| !held.contains(s)) {
+            if got.len() >= want {
+                break;
+            }
+            let locked: bool = diesel::select(
+                diesel::dsl::sql::<diesel::sql_types::Bool>("pg_try_advisory_lock(")
+                    .bind::<diesel::sql_types::Integer, _>(key)
+                    .sql(", ")
+                    .bind::<diesel::sql_types::Integer, _>(i32::try_from(slot).unwrap_or(i32::MAX))
+                    .sql(")"),
+            )
+            .get_result(c)
+            .map_err(Error::query("take a channel slot"))?;
+            if locked {
+                got.push(slot);
+            }
+        }
+        Ok(got)
+    }
+
+    fn channel_slots_release(&mut self, channel: &str, slots: &[usize]) -> Result<()> {
+        let AnyConnection::Postgres(c) = self else { return Ok(()) };
+        let key = channel_key(channel);
+        for slot in slots {
+            diesel::select(
+                diesel::dsl::sql::<diesel::sql_types::Bool>("pg_advisory_unlock(")
+                    .bind::<diesel::sql_types::Integer, _>(key)
+                    .sql(", ")
+                    .bind::<diesel::sql_types::Integer, _>(i32::try_from(*slot).unwrap_or(i32::MAX))
+                    .sql(")"),
+            )
+            .get_result::<bool>(c)
+            .map_err(Error::query("give back a channel slot"))?;
+        }
+        Ok(())
     }
 
     fn job_count_by_state(&mut self) -> Result<Vec<(JobState, i64)>> {
@@ -553,6 +666,33 @@ impl Store for AnyConnection {
     }
 }
 
+/// A job at the head of a sequential channel.
+#[derive(Debug, QueryableByName)]
+struct HeadRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    #[allow(dead_code)]
+    id: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    uuid: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    state: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    func: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamp>)]
+    eta: Option<NaiveDateTime>,
+}
+
+/// A channel's 32-bit key for PostgreSQL advisory locks (FNV-1a of its name): stable across
+/// processes and versions.
+pub fn channel_key(channel: &str) -> i32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in channel.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    i32::from_ne_bytes(hash.to_ne_bytes())
+}
+
 impl AnyConnection {
     /// Row ids of a new job's parents; sets the row's state from theirs (all done: pending; one
     /// cancelled: cancelled). On PostgreSQL the parents are locked (`FOR SHARE`) until commit, so
@@ -612,7 +752,7 @@ fn encode<T: serde::Serialize + ?Sized>(value: &T, what: &str) -> Result<String>
 
 /// The claim statement, shared by both backends: only the placeholders and the row lock differ.
 mod claim {
-    use super::{ClaimParams, JobState};
+    use super::{ChannelFilter, ClaimParams, JobState};
     use crate::connection::Backend;
 
     /// A bound value.
@@ -650,23 +790,8 @@ mod claim {
                 sql.bind(Bind::Time(now));
                 sql.push(")");
             }
-            if let Some(filter) = p.channel
-                && filter.node != queue_core::channel::ROOT
-            {
-                sql.push(" AND (channel = ");
-                sql.bind(Bind::Text(filter.node.clone()));
-                sql.push(" OR ");
-                sql.push_prefix_expr(&filter.node);
-                sql.push(")");
-            }
             if let Some(filter) = p.channel {
-                for excluded in &filter.excluded {
-                    sql.push(" AND channel <> ");
-                    sql.bind(Bind::Text(excluded.clone()));
-                    sql.push(" AND NOT (");
-                    sql.push_prefix_expr(excluded);
-                    sql.push(")");
-                }
+                sql.push_channel_filter(filter);
             }
             if let Some(uuids) = p.uuids {
                 sql.push(" AND uuid IN (");
@@ -702,6 +827,45 @@ mod claim {
             }
             sql.push(") RETURNING *");
             sql
+        }
+
+        /// The head of a channel, in claim order: its unfinished jobs (waiting ones aside), for a
+        /// sequential claim to walk.
+        pub fn heads(filter: &ChannelFilter, limit: i64) -> Sql {
+            let mut sql = Sql { text: String::with_capacity(256), binds: Vec::new() };
+            sql.push("SELECT id, uuid, state, func, eta FROM queue_job WHERE state IN (");
+            for (i, state) in [JobState::Pending, JobState::Enqueued, JobState::Started, JobState::Failed]
+                .iter()
+                .enumerate()
+            {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.bind(Bind::Text(state.as_str().into()));
+            }
+            sql.push(")");
+            sql.push_channel_filter(filter);
+            sql.push(" ORDER BY priority, COALESCE(expected_at, eta, date_created), id LIMIT ");
+            sql.bind(Bind::Int(limit));
+            sql
+        }
+
+        /// Jobs of `filter.node` and its sub-channels, less the excluded sub-channels.
+        fn push_channel_filter(&mut self, filter: &ChannelFilter) {
+            if filter.node != queue_core::channel::ROOT {
+                self.push(" AND (channel = ");
+                self.bind(Bind::Text(filter.node.clone()));
+                self.push(" OR ");
+                self.push_prefix_expr(&filter.node);
+                self.push(")");
+            }
+            for excluded in &filter.excluded {
+                self.push(" AND channel <> ");
+                self.bind(Bind::Text(excluded.clone()));
+                self.push(" AND NOT (");
+                self.push_prefix_expr(excluded);
+                self.push(")");
+            }
         }
 
         fn push(&mut self, text: &str) {

@@ -6,8 +6,8 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text, Timestamp};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
+use super::NOTIFY_CHANNEL;
 use super::claim::{Bind, Sql};
-use super::{JobRow, NOTIFY_CHANNEL};
 use crate::connection::Backend;
 use crate::error::{Error, Result};
 
@@ -16,7 +16,8 @@ const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 /// Key of the advisory lock that serialises migrations of concurrent workers.
 const MIGRATION_LOCK: i64 = 0x7175_6575_655f_6d69; // "queue_mi"
 
-pub(super) fn job_claim(c: &mut PgConnection, sql: &Sql) -> QueryResult<Vec<JobRow>> {
+/// Run a statement built by `claim::Sql` and load its rows.
+pub(super) fn load<T: QueryableByName<Pg> + 'static>(c: &mut PgConnection, sql: &Sql) -> QueryResult<Vec<T>> {
     let mut query = diesel::sql_query(sql.text_for(Backend::Postgres)).into_boxed::<Pg>();
     for bind in &sql.binds {
         query = match bind {

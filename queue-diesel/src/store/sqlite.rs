@@ -6,14 +6,17 @@ use diesel::sql_types::{BigInt, Text, Timestamp};
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use super::JobRow;
 use super::claim::{Bind, Sql};
 use crate::connection::Backend;
 use crate::error::{Error, Result};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
-pub(super) fn job_claim(c: &mut SqliteConnection, sql: &Sql) -> QueryResult<Vec<JobRow>> {
+/// Run a statement built by `claim::Sql` and load its rows.
+pub(super) fn load<T: QueryableByName<Sqlite> + 'static>(
+    c: &mut SqliteConnection,
+    sql: &Sql,
+) -> QueryResult<Vec<T>> {
     let mut query = diesel::sql_query(sql.text_for(Backend::Sqlite)).into_boxed::<Sqlite>();
     for bind in &sql.binds {
         query = match bind {

@@ -246,12 +246,6 @@ impl Worker {
         if config.poll_interval.is_some_and(|p| p.is_zero()) {
             return Err(Error::Config("expected a poll interval > 0 ms".into()));
         }
-        if let Some(channel) = config.channels.channels().find(|c| c.sequential) {
-            return Err(Error::Config(format!(
-                "channel {:?} is configured as sequential, which this version does not support yet; remove \":sequential\"",
-                channel.name
-            )));
-        }
         // One connection per executor, one for claims, one to spare for the application.
         let needed = config.channels.total_capacity() + 2;
         if (db.pool_size() as usize) < needed {
@@ -344,7 +338,11 @@ impl Worker {
             functions = self.functions.len(),
             "worker started"
         );
-        let mut state = Dispatch { executors: Some(executors), ..Dispatch::default() };
+        let mut state = Dispatch {
+            executors: Some(executors),
+            slots: Slots::for_database(&self.db),
+            ..Dispatch::default()
+        };
         let fatal = self.dispatch(shutdown, &events_rx, &jobs_tx, &mut state).err();
         stop_listener.store(true, Ordering::Relaxed);
         drop(jobs_tx);
@@ -415,25 +413,45 @@ impl Worker {
                 if free == 0 || dry.contains(&filter.node) {
                     continue;
                 }
+                // Slots shared with every worker: as many as this channel and each configured
+                // ancestor can spare.
+                let mut taken = state.slots.acquire(channels, &filter.node, free);
+                let want = taken.first().map_or(0, |(_, slots)| slots.len());
+                if want == 0 {
+                    continue;
+                }
                 let lease = JobId::new().to_string();
+                let params = ClaimParams {
+                    worker_id: &self.config.worker_id,
+                    lease_token: &lease,
+                    now: self.db.now(),
+                    limit: want as i64,
+                    channel: Some(filter),
+                    uuids: None,
+                    funcs: Some(&self.functions),
+                    ignore_eta: false,
+                };
                 let claimed = self.db.conn().and_then(|mut conn| {
-                    conn.job_claim(&ClaimParams {
-                        worker_id: &self.config.worker_id,
-                        lease_token: &lease,
-                        now: self.db.now(),
-                        limit: free as i64,
-                        channel: Some(filter),
-                        uuids: None,
-                        funcs: Some(&self.functions),
-                        ignore_eta: false,
-                    })
+                    if channels.is_sequential(&filter.node) {
+                        conn.job_claim_sequential(&params)
+                    } else {
+                        conn.job_claim(&params)
+                    }
                 });
+                let claimed_count = claimed.as_ref().map_or(0, Vec::len);
+                let mut row_slots: Vec<Vec<(String, usize)>> = vec![Vec::new(); claimed_count];
+                for (channel, slots) in &mut taken {
+                    for (i, slot) in slots.drain(..claimed_count.min(slots.len())).enumerate() {
+                        row_slots[i].push((channel.clone(), slot));
+                    }
+                }
+                state.slots.release(taken);
                 match claimed {
                     Ok(rows) => {
-                        if rows.len() < free {
+                        if rows.len() < want {
                             dry.insert(filter.node.clone());
                         }
-                        for row in rows {
+                        for (row, slots) in rows.into_iter().zip(row_slots) {
                             state.load.start(&filter.node);
                             let control = Arc::new(JobControl::default());
                             let timeout = registry()?.get(&row.func).and_then(JobFunction::timeout);
@@ -442,6 +460,7 @@ impl Worker {
                                 control: Arc::clone(&control),
                                 deadline: timeout.map(|t| Instant::now() + t),
                                 row: timeout.map(|_| row.clone()),
+                                slots,
                             };
                             state.in_flight.insert((row.id, lease.clone()), flight);
                             state.stats.claimed += 1;
@@ -506,6 +525,7 @@ impl Worker {
             let Some(flight) = state.in_flight.remove(&key) else { continue };
             flight.control.cancel();
             state.load.finish(&flight.node);
+            state.slots.release_job(flight.slots.clone());
             state.stats.timed_out += 1;
             tracing::warn!(job_id = key.0, "job ran out of time; no longer waiting for it");
             if self.db.backend() == Backend::Postgres
@@ -567,6 +587,101 @@ struct Flight {
     deadline: Option<Instant>,
     /// The claimed row, kept for jobs with a deadline (to store their timeout).
     row: Option<JobRow>,
+    /// The shared channel slots it holds.
+    slots: Vec<(String, usize)>,
+}
+
+/// The channel slots this worker holds, shared with every worker of the database: PostgreSQL
+/// advisory locks on one connection of its own, which the server frees if this process dies.
+#[derive(Debug, Default)]
+struct Slots {
+    /// `None` on SQLite (its single writer keeps channels within capacity) or while
+    /// disconnected.
+    conn: Option<crate::connection::AnyConnection>,
+    url: Option<String>,
+    held: HashMap<String, Vec<usize>>,
+}
+
+impl Slots {
+    fn for_database(db: &Database) -> Slots {
+        let url = (db.backend() == Backend::Postgres).then(|| db.raw_url());
+        Slots { conn: None, url, held: HashMap::new() }
+    }
+
+    /// Up to `want` slots of `node` and of each configured ancestor, as many of each: the list
+    /// per channel, nearest first. Empty lists when the channel is full across workers.
+    fn acquire(&mut self, channels: &ChannelConfig, node: &str, want: usize) -> Vec<(String, Vec<usize>)> {
+        let chain: Vec<(String, usize)> =
+            channels.chain(node).map(|c| (c.name.clone(), c.capacity)).collect();
+        let Some(url) = self.url.clone() else {
+            return chain.into_iter().map(|(name, _)| (name, (0..want).collect())).collect();
+        };
+        if self.conn.is_none() {
+            match diesel::Connection::establish(&url) {
+                Ok(c) => self.conn = Some(crate::connection::AnyConnection::Postgres(c)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reach the database to take channel slots");
+                    return Vec::new();
+                }
+            }
+        }
+        let mut taken: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut want = want;
+        for (name, capacity) in chain {
+            let held = self.held.get(&name).cloned().unwrap_or_default();
+            let Some(conn) = self.conn.as_mut() else { break };
+            match conn.channel_slots_acquire(&name, capacity, want, &held) {
+                Ok(got) => {
+                    want = got.len();
+                    self.held.entry(name.clone()).or_default().extend(&got);
+                    taken.push((name, got));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %executor::chain(&e), "cannot take channel slots; reconnecting");
+                    // The server freed this connection's locks with it.
+                    self.conn = None;
+                    self.held.clear();
+                    return Vec::new();
+                }
+            }
+            if want == 0 {
+                break;
+            }
+        }
+        // Every channel of the chain keeps as many slots as the scarcest one gave.
+        let mut extra = Vec::new();
+        for (name, slots) in &mut taken {
+            if slots.len() > want {
+                extra.push((name.clone(), slots.split_off(want)));
+            }
+        }
+        self.release(extra);
+        taken
+    }
+
+    /// Give slots back.
+    fn release(&mut self, slots: Vec<(String, Vec<usize>)>) {
+        for (name, slots) in slots {
+            if slots.is_empty() {
+                continue;
+            }
+            if let Some(held) = self.held.get_mut(&name) {
+                held.retain(|s| !slots.contains(s));
+            }
+            if let Some(conn) = self.conn.as_mut()
+                && let Err(e) = conn.channel_slots_release(&name, &slots)
+            {
+                tracing::warn!(error = %executor::chain(&e), "cannot give channel slots back; reconnecting");
+                self.conn = None;
+                self.held.clear();
+            }
+        }
+    }
+
+    /// Give back the slots of a finished job.
+    fn release_job(&mut self, slots: Vec<(String, usize)>) {
+        self.release(slots.into_iter().map(|(name, slot)| (name, vec![slot])).collect());
+    }
 }
 
 /// The dispatcher's books.
@@ -575,6 +690,7 @@ struct Dispatch {
     load: ChannelLoad,
     /// Jobs handed to executors, by (job id, lease).
     in_flight: HashMap<(i64, String), Flight>,
+    slots: Slots,
     executors: Option<Executors>,
     /// Jobs whose outcome could not be stored, to give back.
     unsettled: Vec<(i64, String)>,
@@ -589,6 +705,7 @@ impl Dispatch {
     fn finished(&mut self, id: i64, lease: String, unsettled: bool) {
         if let Some(flight) = self.in_flight.remove(&(id, lease.clone())) {
             self.load.finish(&flight.node);
+            self.slots.release_job(flight.slots);
             self.stats.finished += 1;
         }
         if unsettled {
