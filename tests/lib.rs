@@ -314,6 +314,26 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
+/// Claim up to `limit` due jobs of any channel and function under `lease` (worker "w1").
+pub fn claim_any(
+    conn: &mut queue_diesel::AnyConnection,
+    lease: &str,
+    limit: i64,
+) -> Vec<queue_diesel::store::JobRow> {
+    use queue_diesel::store::{ClaimParams, Store};
+    conn.job_claim(&ClaimParams {
+        worker_id: "w1",
+        lease_token: lease,
+        now: chrono::Utc::now(),
+        limit,
+        channel: None,
+        uuids: None,
+        funcs: None,
+        ignore_eta: false,
+    })
+    .expect("claim")
+}
+
 /// Wait until `done` holds, up to `limit`; false if it never did.
 pub fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let start = Instant::now();

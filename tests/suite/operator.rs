@@ -2,9 +2,9 @@
 
 use chrono::Utc;
 use queue_diesel::prelude::*;
-use queue_diesel::store::{ClaimParams, FinishParams, Store};
+use queue_diesel::store::{FinishParams, Store};
 use queue_diesel::{Error, JobState, OperatorAction, Worker, WorkerConfig};
-use queue_tests::{Partner, TestDb, backend_tests};
+use queue_tests::{Partner, TestDb, backend_tests, claim_any};
 
 backend_tests!(
     requeue_runs_a_failed_job_again_from_zero,
@@ -60,18 +60,7 @@ fn cancelling_a_running_job_discards_its_outcome(t: TestDb) {
     let id =
         t.db.transaction(Context::new(), |_| Partner::queue().export(&list, "a".into())).expect("q").uuid();
     let mut conn = t.db.conn().expect("conn");
-    let rows = conn
-        .job_claim(&ClaimParams {
-            worker_id: "w",
-            lease_token: "lease",
-            now: Utc::now(),
-            limit: 1,
-            channel: None,
-            uuids: None,
-            funcs: None,
-            ignore_eta: false,
-        })
-        .expect("claim");
+    let rows = claim_any(&mut conn, "lease", 1);
     assert_eq!(t.db.job_action(&id, OperatorAction::Cancel).expect("cancelled").state, JobState::Cancelled);
     let finished = conn
         .job_finish(&FinishParams {

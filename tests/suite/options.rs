@@ -4,9 +4,9 @@ use std::sync::Barrier;
 
 use chrono::{TimeDelta, Utc};
 use queue_diesel::prelude::*;
-use queue_diesel::store::{ClaimParams, ListParams, Store};
+use queue_diesel::store::ListParams;
 use queue_diesel::{Error, JobId, JobState, Worker, WorkerConfig};
-use queue_tests::{Partner, TestDb, backend_tests};
+use queue_tests::{Partner, TestDb, backend_tests, claim_any};
 
 backend_tests!(
     builder_options_are_stored,
@@ -107,18 +107,7 @@ fn claim_order_is_priority_then_deadline_then_age(t: TestDb) {
     let mut conn = t.db.conn().expect("conn");
     let mut order = Vec::new();
     loop {
-        let rows = conn
-            .job_claim(&ClaimParams {
-                worker_id: "w",
-                lease_token: "l",
-                now: Utc::now(),
-                limit: 1,
-                channel: None,
-                uuids: None,
-                funcs: None,
-                ignore_eta: false,
-            })
-            .expect("claim");
+        let rows = claim_any(&mut conn, "l", 1);
         let Some(row) = rows.into_iter().next() else { break };
         order.push(row.uuid.parse::<JobId>().expect("uuid"));
     }

@@ -5,7 +5,7 @@ use queue_diesel::core::NewJob;
 use queue_diesel::core::options::{FunctionDefaults, JobOptions};
 use queue_diesel::store::{ChannelFilter, ClaimParams, FinishParams, ListParams, Store};
 use queue_diesel::{Context, JobId, JobState};
-use queue_tests::{TestDb, backend_tests};
+use queue_tests::{TestDb, backend_tests, claim_any};
 
 backend_tests!(
     claim_takes_due_jobs_by_priority_then_age,
@@ -63,18 +63,7 @@ fn claim_takes_due_jobs_by_priority_then_age(t: TestDb) {
         new_job("root.later", 1, Some(3600)),
     ];
     conn.job_insert_many(&jobs).expect("insert");
-    let first = conn
-        .job_claim(&ClaimParams {
-            worker_id: "w1",
-            lease_token: "lease-1",
-            now: Utc::now(),
-            limit: 1,
-            channel: None,
-            uuids: None,
-            funcs: None,
-            ignore_eta: false,
-        })
-        .expect("claim");
+    let first = claim_any(&mut conn, "lease-1", 1);
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].channel, "root.b", "lowest priority number first");
     assert_eq!(first[0].state, "started");
@@ -102,18 +91,7 @@ fn claim_respects_channel_filters(t: TestDb) {
 fn finish_is_fenced_by_the_lease(t: TestDb) {
     let mut conn = t.db.conn().expect("conn");
     conn.job_insert_many(&[new_job("root", 10, None)]).expect("insert");
-    let rows = conn
-        .job_claim(&ClaimParams {
-            worker_id: "w1",
-            lease_token: "lease-1",
-            now: Utc::now(),
-            limit: 1,
-            channel: None,
-            uuids: None,
-            funcs: None,
-            ignore_eta: false,
-        })
-        .expect("claim");
+    let rows = claim_any(&mut conn, "lease-1", 1);
     let finish = |lease: &'static str| FinishParams {
         id: rows[0].id,
         lease_token: lease,
@@ -136,18 +114,7 @@ fn finish_is_fenced_by_the_lease(t: TestDb) {
 fn release_gives_jobs_back_without_counting_the_try(t: TestDb) {
     let mut conn = t.db.conn().expect("conn");
     conn.job_insert_many(&[new_job("root", 10, None)]).expect("insert");
-    let rows = conn
-        .job_claim(&ClaimParams {
-            worker_id: "w1",
-            lease_token: "lease-1",
-            now: Utc::now(),
-            limit: 1,
-            channel: None,
-            uuids: None,
-            funcs: None,
-            ignore_eta: false,
-        })
-        .expect("claim");
+    let rows = claim_any(&mut conn, "lease-1", 1);
     assert_eq!(conn.job_release(&[rows[0].id], "other").expect("release"), 0);
     assert_eq!(conn.job_release(&[rows[0].id], "lease-1").expect("release"), 1);
     let job = conn.job_get(&rows[0].uuid.parse().expect("uuid")).expect("get").expect("exists");
