@@ -143,7 +143,8 @@ pub fn run(cli: Cli) -> Result<()> {
             if registry()?.is_empty() {
                 return Err(Error::NoFunctions);
             }
-            let pool = u32::try_from(channels.total_capacity() + 2).unwrap_or(u32::MAX);
+            // Room for a replacement executor per overrunning job still holding its connection.
+            let pool = u32::try_from(2 * channels.total_capacity() + 2).unwrap_or(u32::MAX);
             let db = Database::builder(&cli.database_url).worker(true).pool_size(pool.max(4)).open()?;
             let config = WorkerConfig {
                 channels,

@@ -338,8 +338,10 @@ impl Database {
             OperatorAction::Cancel => Some("cancelled by an operator"),
             OperatorAction::SetDone => Some("set done by an operator"),
         };
+        // The change and what it does to the job's children commit together.
+        let params = SetStateParams { uuid, from: job.state, to, result, now: self.now() };
         let changed =
-            conn.job_set_state(&SetStateParams { uuid, from: job.state, to, result, now: self.now() })?;
+            crate::transaction::in_transaction_on::<_, Error>(&mut conn, |c| c.job_set_state(&params))?;
         if !changed {
             let now = conn.job_get(uuid)?.map(|j| j.state.to_string()).unwrap_or_else(|| "deleted".into());
             return Err(Error::Config(format!(

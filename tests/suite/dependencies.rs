@@ -10,6 +10,7 @@ backend_tests!(
     cancelling_a_parent_cancels_its_waiting_descendants,
     parents_done_or_unknown_at_enqueue,
     without_worker_a_chain_runs_after_commit,
+    a_child_added_while_its_parent_runs_is_released,
 );
 
 fn state(t: &TestDb, handle: &JobHandle) -> JobState {
@@ -128,4 +129,32 @@ fn without_worker_a_chain_runs_after_commit(t: TestDb) {
         .expect("ran");
     assert_eq!((state(&t, &a), state(&t, &b)), (JobState::Done, JobState::Done));
     assert_eq!(t.partner(list[0].id).expect("row").note, "b::-");
+}
+
+fn a_child_added_while_its_parent_runs_is_released(t: TestDb) {
+    use queue_diesel::store::{FinishParams, Store};
+    let list = t.partners(&["ada"]);
+    let parent = t.db.transaction(Context::new(), |_| Partner::queue().export(&list, "p".into())).expect("q");
+    let mut conn = t.db.conn().expect("conn");
+    let rows = queue_tests::claim_any(&mut conn, "lease", 1);
+    assert_eq!(rows.len(), 1);
+    assert!(!rows[0].has_dependents, "claimed before any child existed");
+    let child =
+        t.db.transaction(Context::new(), |_| Partner::queue().depends_on(&parent).export(&list, "c".into()));
+    let child = child.expect("queued");
+    assert_eq!(state(&t, &child), JobState::WaitDependencies);
+    let finished = conn
+        .job_finish(&FinishParams {
+            id: rows[0].id,
+            lease_token: "lease",
+            state: JobState::Done,
+            result: None,
+            exc: None,
+            eta: None,
+            uncount_attempt: false,
+            now: chrono::Utc::now(),
+        })
+        .expect("finish");
+    assert!(finished);
+    assert_eq!(state(&t, &child), JobState::Pending, "released although the claimed row did not know it");
 }

@@ -71,7 +71,6 @@ fn cancelling_a_running_job_discards_its_outcome(t: TestDb) {
             exc: None,
             eta: None,
             uncount_attempt: false,
-            settle_dependents: false,
             now: Utc::now(),
         })
         .expect("finish");

@@ -15,6 +15,7 @@ backend_tests!(
     claim_order_is_priority_then_deadline_then_age,
     identity_key_keeps_one_waiting_job,
     identity_key_holds_under_concurrent_enqueues,
+    a_retried_job_does_not_hold_its_identity_key,
 );
 
 fn builder_options_are_stored(t: TestDb) {
@@ -167,4 +168,35 @@ fn identity_key_holds_under_concurrent_enqueues(t: TestDb) {
         t.db.jobs(&ListParams { state: Some(JobState::Pending), ..ListParams::default() }).expect("list");
     assert_eq!(pending.len(), 1, "one job for the key");
     assert!(uuids.iter().all(|u| *u == pending[0].uuid), "every caller got its handle");
+}
+
+fn a_retried_job_does_not_hold_its_identity_key(t: TestDb) {
+    use queue_diesel::store::{FinishParams, Store};
+    let list = t.partners(&["ada"]);
+    let queue = || {
+        t.db.transaction(Context::new(), |_| Partner::queue().identity_key("sync").export(&list, "x".into()))
+            .expect("queued")
+    };
+    let first = queue();
+    let mut conn = t.db.conn().expect("conn");
+    let rows = claim_any(&mut conn, "lease", 1);
+    assert_eq!(rows.len(), 1, "the first job starts");
+    let second = queue();
+    assert!(!second.existing(), "a job that has started does not hold its key");
+    // The first comes back for a retry while the second waits: both wait, no conflict.
+    let retried = conn
+        .job_finish(&FinishParams {
+            id: rows[0].id,
+            lease_token: "lease",
+            state: JobState::Pending,
+            result: None,
+            exc: None,
+            eta: Some(Utc::now()),
+            uncount_attempt: false,
+            now: Utc::now(),
+        })
+        .expect("no unique violation");
+    assert!(retried);
+    assert_eq!(t.db.job(&first.uuid()).expect("job").state, JobState::Pending);
+    assert!(queue().existing(), "the second, never started, holds the key");
 }

@@ -100,7 +100,6 @@ fn finish_is_fenced_by_the_lease(t: TestDb) {
         exc: None,
         eta: None,
         uncount_attempt: false,
-        settle_dependents: false,
         now: Utc::now(),
     };
     assert!(!conn.job_finish(&finish("someone-else")).expect("finish"), "a stale lease cannot finish");

@@ -195,9 +195,6 @@ pub struct FinishParams<'a> {
     pub eta: Option<DateTime<Utc>>,
     /// Take back the try the claim counted (a postponed job).
     pub uncount_attempt: bool,
-    /// The job has dependents: release them (done) or cancel them (cancelled) in the same
-    /// transaction.
-    pub settle_dependents: bool,
     /// Now.
     pub now: DateTime<Utc>,
 }
@@ -317,7 +314,7 @@ impl Store for AnyConnection {
             for head in heads {
                 match head.state.parse::<JobState>()? {
                     // Strict order: a failed job blocks the channel; so does one not due yet.
-                    JobState::Failed => break,
+                    JobState::Failed | JobState::Started | JobState::Enqueued => break,
                     JobState::Pending if head.eta.is_some_and(|eta| eta > now) => break,
                     JobState::Pending => {
                         // A job this binary cannot run waits at the head for one that can.
@@ -335,7 +332,18 @@ impl Store for AnyConnection {
             if take.is_empty() {
                 return Ok(Vec::new());
             }
-            conn.job_claim(&ClaimParams { uuids: Some(&take), limit: take.len() as i64, ..p.clone() })
+            let rows =
+                conn.job_claim(&ClaimParams { uuids: Some(&take), limit: take.len() as i64, ..p.clone() })?;
+            if rows.len() < take.len() {
+                // A head row is locked by another transaction: claiming what follows it would
+                // break the order. Take nothing this time.
+                return Err(Error::Config(SEQUENTIAL_HEAD_BUSY.into()));
+            }
+            Ok(rows)
+        })
+        .or_else(|e| match e {
+            Error::Config(message) if message == SEQUENTIAL_HEAD_BUSY => Ok(Vec::new()),
+            other => Err(other),
         })
     }
 
@@ -427,12 +435,17 @@ impl Store for AnyConnection {
             dsl::lease_token.eq(None::<String>),
             dsl::attempts.eq(dsl::attempts - i32::from(p.uncount_attempt)),
         );
-        let n = with_backend!(self, c => diesel::update(target).set(changes).execute(c))
-            .map_err(Error::query("store a job's outcome"))?;
-        if n == 1 && p.settle_dependents {
+        // The row as updated says whether children were added meanwhile (not the claimed copy).
+        let updated: Option<bool> = with_backend!(self, c => diesel::update(target)
+            .set(changes)
+            .returning(dsl::has_dependents)
+            .get_result(c)
+            .optional())
+        .map_err(Error::query("store a job's outcome"))?;
+        if updated == Some(true) {
             self.job_dependents_settle(p.id, p.state)?;
         }
-        Ok(n == 1)
+        Ok(updated.is_some())
     }
 
     fn job_dependents_settle(&mut self, parent_id: i64, parent_state: JobState) -> Result<usize> {
@@ -451,6 +464,17 @@ impl Store for AnyConnection {
                 .map_err(Error::query("find the children of a job"))?;
                 let mut released = 0;
                 for child in ids {
+                    // Lock the child first: two parents finishing at once then count one after
+                    // the other, the second seeing the first's commit (a fresh snapshot per
+                    // statement under READ COMMITTED). SQLite has one writer anyway.
+                    if let AnyConnection::Postgres(c) = &mut *self {
+                        dsl::queue_job
+                            .filter(dsl::id.eq(child))
+                            .select(dsl::id)
+                            .for_update()
+                            .load::<i64>(c)
+                            .map_err(Error::query("lock a child job"))?;
+                    }
                     let parents = dep::table.filter(dep::child_id.eq(child)).select(dep::parent_id);
                     let open: i64 = with_backend!(self, c => dsl::queue_job
                         .filter(dsl::id.eq_any(parents))
@@ -489,6 +513,7 @@ impl Store for AnyConnection {
                     let changes = (
                         dsl::state.eq(JobState::Cancelled.as_str()),
                         dsl::result.eq("a job it depends on was cancelled"),
+                        dsl::date_done.eq(Some(chrono::Utc::now().naive_utc())),
                     );
                     cancelled += with_backend!(self, c => diesel::update(target).set(changes).execute(c))
                         .map_err(Error::query("cancel the descendants of a job"))?;
@@ -561,6 +586,7 @@ impl Store for AnyConnection {
                 [JobState::WaitDependencies, JobState::Pending, JobState::Enqueued].map(JobState::as_str);
             let existing: Option<String> = with_backend!(self, c => dsl::queue_job
                 .filter(dsl::identity_key.eq(key))
+                .filter(dsl::date_started.is_null())
                 .filter(dsl::state.eq_any(waiting))
                 .select(dsl::uuid)
                 .first(c)
@@ -666,6 +692,8 @@ impl Store for AnyConnection {
     }
 }
 
+const SEQUENTIAL_HEAD_BUSY: &str = "the head of a sequential channel is locked";
+
 /// A job at the head of a sequential channel.
 #[derive(Debug, QueryableByName)]
 struct HeadRow {
@@ -699,7 +727,9 @@ impl AnyConnection {
     /// a parent cannot finish unseen between this look-up and the child's insert.
     fn parents_of(&mut self, job: &NewJob, row: &mut NewJobRow<'_>) -> Result<Vec<i64>> {
         use queue_job::dsl;
-        let uuids: Vec<String> = job.parents.iter().map(JobId::to_string).collect();
+        let mut uuids: Vec<String> = job.parents.iter().map(JobId::to_string).collect();
+        uuids.sort_unstable();
+        uuids.dedup();
         let found: Vec<(i64, String, String)> = match self {
             AnyConnection::Sqlite(c) => dsl::queue_job
                 .filter(dsl::uuid.eq_any(&uuids))
@@ -845,7 +875,8 @@ mod claim {
             }
             sql.push(")");
             sql.push_channel_filter(filter);
-            sql.push(" ORDER BY priority, COALESCE(expected_at, eta, date_created), id LIMIT ");
+            // Not by eta: a head waiting for its retry stays the head.
+            sql.push(" ORDER BY priority, COALESCE(expected_at, date_created), id LIMIT ");
             sql.bind(Bind::Int(limit));
             sql
         }

@@ -3,7 +3,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 
 use diesel::RunQueryDsl;
 
@@ -41,23 +41,36 @@ impl RunOutcome {
     }
 }
 
-/// Shared by a running job and the worker watching its deadline.
+/// Shared by a running job and the worker watching its deadline. The run ends exactly once:
+/// either its executor finishes it or the worker expires it, whichever comes first.
 #[derive(Debug, Default)]
 pub struct JobControl {
-    cancelled: AtomicBool,
-    /// PostgreSQL backend pid of the job's connection (0: unknown), to cancel its statement.
+    /// [`RUNNING`], [`FINISHED`] or [`EXPIRED`].
+    state: AtomicU8,
+    /// PostgreSQL backend pid of the job's connection (0: unknown or no longer running).
     pg_pid: AtomicI32,
 }
 
+const RUNNING: u8 = 0;
+const FINISHED: u8 = 1;
+const EXPIRED: u8 = 2;
+
 impl JobControl {
-    /// Give up on the run: the body sees it through `Env::is_cancelled`.
-    pub fn cancel(&self) {
-        self.cancelled.store(true, Ordering::SeqCst);
+    /// Give up on the run, unless it has finished already: true when this call expired it.
+    /// The body sees it through `Env::is_cancelled`.
+    pub fn expire(&self) -> bool {
+        self.state.compare_exchange(RUNNING, EXPIRED, Ordering::SeqCst, Ordering::SeqCst).is_ok()
     }
 
-    /// True once cancelled.
+    /// Mark the run finished by its executor, unless it expired first: true when it had not.
+    pub fn finish(&self) -> bool {
+        self.pg_pid.store(0, Ordering::SeqCst);
+        self.state.compare_exchange(RUNNING, FINISHED, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+    }
+
+    /// True once the worker gave up on the run.
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::SeqCst)
+        self.state.load(Ordering::SeqCst) == EXPIRED
     }
 
     /// The backend pid of the connection running the job, when known.
@@ -167,7 +180,6 @@ pub(crate) fn run_claimed_with(
                 exc: None,
                 eta: None,
                 uncount_attempt: false,
-                settle_dependents: row.has_dependents,
                 now: db.now(),
             })?;
             if !finished {
@@ -176,6 +188,10 @@ pub(crate) fn run_claimed_with(
             Ok(env.take_queued())
         })
     });
+    // The connection goes back to the pool after this: it must not be cancelled for this job.
+    if let Some(control) = &watched {
+        control.pg_pid.store(0, Ordering::SeqCst);
+    }
     match ran {
         Ok(queued) => RunOutcome { queued, ..RunOutcome::stored(JobState::Done) },
         Err(Abort::Verdict(verdict)) => store_verdict(db, conn, row, &lease, Some(function), verdict),
@@ -243,7 +259,6 @@ fn store_verdict(
             exc: exc.as_ref().map(|(n, m, i)| (n.as_str(), m.as_str(), i.as_str())),
             eta,
             uncount_attempt,
-            settle_dependents: row.has_dependents,
             now,
         })
     });

@@ -145,11 +145,9 @@ impl Executors {
                             true
                         }
                     };
-                    if events.send(Event::Finished { id: row.id, lease, unsettled }).is_err() {
-                        return;
-                    }
-                    // A timed-out run was replaced by a new thread when its time ran out.
-                    if control.is_cancelled() {
+                    // Whether the worker expired the run first (then a new thread replaced this one).
+                    let expired = !control.finish();
+                    if events.send(Event::Finished { id: row.id, lease, unsettled }).is_err() || expired {
                         return;
                     }
                 }
@@ -461,6 +459,7 @@ impl Worker {
                                 deadline: timeout.map(|t| Instant::now() + t),
                                 row: timeout.map(|_| row.clone()),
                                 slots,
+                                slots_session: state.slots.session,
                             };
                             state.in_flight.insert((row.id, lease.clone()), flight);
                             state.stats.claimed += 1;
@@ -522,10 +521,13 @@ impl Worker {
             .map(|(key, _)| key.clone())
             .collect();
         for key in expired {
+            // The executor may have finished it in the meantime: its `Finished` settles it.
+            if !state.in_flight.get(&key).is_some_and(|f| f.control.expire()) {
+                continue;
+            }
             let Some(flight) = state.in_flight.remove(&key) else { continue };
-            flight.control.cancel();
             state.load.finish(&flight.node);
-            state.slots.release_job(flight.slots.clone());
+            state.slots.release_job(flight.slots.clone(), flight.slots_session);
             state.stats.timed_out += 1;
             tracing::warn!(job_id = key.0, "job ran out of time; no longer waiting for it");
             if self.db.backend() == Backend::Postgres
@@ -587,8 +589,9 @@ struct Flight {
     deadline: Option<Instant>,
     /// The claimed row, kept for jobs with a deadline (to store their timeout).
     row: Option<JobRow>,
-    /// The shared channel slots it holds.
+    /// The shared channel slots it holds, and the slot session they were taken in.
     slots: Vec<(String, usize)>,
+    slots_session: u64,
 }
 
 /// The channel slots this worker holds, shared with every worker of the database: PostgreSQL
@@ -600,12 +603,15 @@ struct Slots {
     conn: Option<crate::connection::AnyConnection>,
     url: Option<String>,
     held: HashMap<String, Vec<usize>>,
+    /// Counts reconnections: slots of an earlier session were freed with it and must not be
+    /// unlocked again (the number may belong to another job now).
+    session: u64,
 }
 
 impl Slots {
     fn for_database(db: &Database) -> Slots {
         let url = (db.backend() == Backend::Postgres).then(|| db.raw_url());
-        Slots { conn: None, url, held: HashMap::new() }
+        Slots { conn: None, url, held: HashMap::new(), session: 0 }
     }
 
     /// Up to `want` slots of `node` and of each configured ancestor, as many of each: the list
@@ -618,7 +624,10 @@ impl Slots {
         };
         if self.conn.is_none() {
             match diesel::Connection::establish(&url) {
-                Ok(c) => self.conn = Some(crate::connection::AnyConnection::Postgres(c)),
+                Ok(c) => {
+                    self.conn = Some(crate::connection::AnyConnection::Postgres(c));
+                    self.session += 1;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot reach the database to take channel slots");
                     return Vec::new();
@@ -678,9 +687,11 @@ impl Slots {
         }
     }
 
-    /// Give back the slots of a finished job.
-    fn release_job(&mut self, slots: Vec<(String, usize)>) {
-        self.release(slots.into_iter().map(|(name, slot)| (name, vec![slot])).collect());
+    /// Give back the slots of a finished job, if they are still this session's.
+    fn release_job(&mut self, slots: Vec<(String, usize)>, session: u64) {
+        if session == self.session {
+            self.release(slots.into_iter().map(|(name, slot)| (name, vec![slot])).collect());
+        }
     }
 }
 
@@ -705,7 +716,7 @@ impl Dispatch {
     fn finished(&mut self, id: i64, lease: String, unsettled: bool) {
         if let Some(flight) = self.in_flight.remove(&(id, lease.clone())) {
             self.load.finish(&flight.node);
-            self.slots.release_job(flight.slots);
+            self.slots.release_job(flight.slots, flight.slots_session);
             self.stats.finished += 1;
         }
         if unsettled {
