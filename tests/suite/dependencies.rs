@@ -92,6 +92,11 @@ fn cancelling_a_parent_cancels_its_waiting_descendants(t: TestDb) {
         .expect("queued");
     t.db.job_action(&d.uuid(), OperatorAction::Cancel).expect("cancelled");
     assert_eq!(state(&t, &e), JobState::Cancelled, "an operator's cancel propagates too");
+    // Requeued, the child waits again for its parent, itself requeued later.
+    t.db.job_action(&e.uuid(), OperatorAction::Requeue).expect("requeued");
+    assert_eq!(state(&t, &e), JobState::WaitDependencies);
+    t.db.job_action(&d.uuid(), OperatorAction::SetDone).expect("done");
+    assert_eq!(state(&t, &e), JobState::Pending);
 }
 
 fn parents_done_or_unknown_at_enqueue(t: TestDb) {

@@ -649,8 +649,24 @@ impl Store for AnyConnection {
         let target =
             dsl::queue_job.filter(dsl::uuid.eq(p.uuid.to_string())).filter(dsl::state.eq(p.from.as_str()));
         let n = if p.to == JobState::Pending {
+            // A requeued job whose parents are not all done goes back to waiting for them.
+            use crate::schema::queue_job_dependency as dep;
+            let me: Option<i64> = with_backend!(self, c => dsl::queue_job
+                .filter(dsl::uuid.eq(p.uuid.to_string()))
+                .select(dsl::id)
+                .first(c)
+                .optional())
+            .map_err(Error::query("read a job"))?;
+            let parents = dep::table.filter(dep::child_id.eq(me.unwrap_or(-1))).select(dep::parent_id);
+            let open: i64 = with_backend!(self, c => dsl::queue_job
+                .filter(dsl::id.eq_any(parents))
+                .filter(dsl::state.ne(JobState::Done.as_str()))
+                .count()
+                .get_result(c))
+            .map_err(Error::query("check the parents of a job"))?;
+            let state = if open > 0 { JobState::WaitDependencies } else { JobState::Pending };
             let changes = (
-                dsl::state.eq(p.to.as_str()),
+                dsl::state.eq(state.as_str()),
                 dsl::attempts.eq(0),
                 dsl::eta.eq(None::<NaiveDateTime>),
                 dsl::date_done.eq(None::<NaiveDateTime>),
