@@ -89,6 +89,9 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
     Ok(total)
 }
 
+/// Largest encoded arguments a job may carry (1 MiB): jobs point at data, they do not carry it.
+pub const DEFAULT_MAX_ARGS_BYTES: usize = 1 << 20;
+
 /// Records per job when the context asks for batches with `queue_batch: true` (Tryton's default).
 pub const DEFAULT_BATCH_SIZE: usize = 20;
 /// Delay before a retry when the verdict and the function give none (queue_job: 10 minutes).

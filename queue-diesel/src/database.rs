@@ -10,7 +10,7 @@ use diesel::pg::PgConnection;
 use diesel::r2d2::{self, ManageConnection, Pool, PooledConnection, R2D2Connection};
 use diesel::sqlite::SqliteConnection;
 use queue_core::context::is_truthy;
-use queue_core::options::DEFAULT_BATCH_SIZE;
+use queue_core::options::{DEFAULT_BATCH_SIZE, DEFAULT_MAX_ARGS_BYTES};
 use queue_core::{Clock, Context, Job, JobId, OperatorAction, SystemClock};
 
 use crate::connection::{AnyConnection, Backend};
@@ -103,6 +103,7 @@ pub struct DatabaseBuilder {
     pool_size: u32,
     migrate: bool,
     batch_size: usize,
+    max_args_bytes: usize,
     clock: Arc<dyn Clock>,
 }
 
@@ -140,6 +141,13 @@ impl DatabaseBuilder {
     /// Records per job when a context asks for `queue_batch: true` (default 20).
     pub fn batch_size(mut self, size: usize) -> Self {
         self.batch_size = size.max(1);
+        self
+    }
+
+    /// Largest encoded arguments a queued call may carry (default 1 MiB); larger calls are
+    /// refused at the call.
+    pub fn max_args_bytes(mut self, bytes: usize) -> Self {
+        self.max_args_bytes = bytes;
         self
     }
 
@@ -183,6 +191,7 @@ impl DatabaseBuilder {
                 worker: self.worker,
                 no_delay: self.no_delay,
                 batch_size: self.batch_size,
+                max_args_bytes: self.max_args_bytes,
                 clock: self.clock,
             }),
         };
@@ -207,6 +216,7 @@ struct Inner {
     worker: bool,
     no_delay: bool,
     batch_size: usize,
+    max_args_bytes: usize,
     clock: Arc<dyn Clock>,
 }
 
@@ -234,6 +244,7 @@ impl Database {
             pool_size: DEFAULT_POOL_SIZE,
             migrate: true,
             batch_size: DEFAULT_BATCH_SIZE,
+            max_args_bytes: DEFAULT_MAX_ARGS_BYTES,
             clock: Arc::new(SystemClock),
         }
     }
@@ -271,6 +282,11 @@ impl Database {
     /// True when a worker runs the jobs (they are not run after commit).
     pub fn worker_configured(&self) -> bool {
         self.inner.worker
+    }
+
+    /// Largest encoded arguments a queued call may carry.
+    pub fn max_args_bytes(&self) -> usize {
+        self.inner.max_args_bytes
     }
 
     /// Records per job for `queue_batch: true`.

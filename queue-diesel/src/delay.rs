@@ -58,6 +58,14 @@ pub fn enqueue(
     current_env(|env| {
         let db = env.database();
         let now = env.now();
+        let size = serde_json::to_vec(&args).map_or(usize::MAX, |bytes| bytes.len());
+        if size > db.max_args_bytes() {
+            return Err(Error::ArgsTooLarge {
+                func: function.name().to_owned(),
+                size,
+                limit: db.max_args_bytes(),
+            });
+        }
         let (options, batch) = options.with_context(env.context(), db.batch_size())?;
         let resolved = options.resolve(&function.defaults, function.name(), now)?;
         let chunks: Vec<Vec<i64>> = match batch {

@@ -55,6 +55,18 @@ pub enum Error {
     /// No job has this uuid.
     #[error("no job with uuid {0}")]
     JobNotFound(String),
+    /// A call's arguments encode to more bytes than the database's limit.
+    #[error(
+        "arguments of {func} take {size} bytes encoded, more than the limit of {limit}: store large data in a table and pass its id"
+    )]
+    ArgsTooLarge {
+        /// Function name.
+        func: String,
+        /// Encoded size.
+        size: usize,
+        /// The limit (`DatabaseBuilder::max_args_bytes`).
+        limit: usize,
+    },
     /// A job's function is not registered in this binary.
     #[error("unknown job function {0:?}: it is not registered in this binary")]
     UnknownFunction(String),

@@ -18,6 +18,7 @@ backend_tests!(
     with_env_joins_an_application_transaction,
     calls_without_records_run_on_the_model,
     a_held_connection_guard_is_reported_not_a_deadlock,
+    oversized_arguments_are_refused_at_the_call,
 );
 
 fn worker(t: &TestDb) -> Worker {
@@ -205,4 +206,19 @@ fn a_held_connection_guard_is_reported_not_a_deadlock(t: TestDb) {
     // The store is reachable through the same guard type once released.
     let mut conn = t.db.conn().expect("connection");
     assert!(conn.job_list(&ListParams::default()).expect("list").is_empty());
+}
+
+fn oversized_arguments_are_refused_at_the_call(t: TestDb) {
+    let db = t.reopen(|b| b.max_args_bytes(1000));
+    let list = t.partners(&["ada"]);
+    let err = db
+        .transaction(Context::new(), |_| Partner::queue().export(&list, "x".repeat(2000)))
+        .expect_err("too large");
+    assert_eq!(
+        err.to_string(),
+        "arguments of res.partner.export take 2013 bytes encoded, more than the limit of 1000: store large data in a table and pass its id"
+    );
+    assert!(db.jobs(&ListParams::default()).expect("list").is_empty(), "nothing stored");
+    db.transaction(Context::new(), |_| Partner::queue().export(&list, "x".repeat(500)))
+        .expect("within the limit");
 }
