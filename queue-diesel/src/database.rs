@@ -269,6 +269,12 @@ impl Database {
         redact(&self.inner.url)
     }
 
+    /// The file of a SQLite database (`None` on PostgreSQL).
+    pub fn sqlite_path(&self) -> Option<String> {
+        (self.inner.backend == Backend::Sqlite)
+            .then(|| self.inner.url.strip_prefix("sqlite://").unwrap_or(&self.inner.url).to_owned())
+    }
+
     /// The URL as given (with its password), for connections outside the pool.
     pub(crate) fn raw_url(&self) -> String {
         self.inner.url.clone()

@@ -7,6 +7,7 @@ mod modes;
 mod operator;
 mod options;
 mod outcomes;
+mod rescue;
 mod store;
 mod testing;
 mod timeouts;

@@ -215,6 +215,17 @@ pub struct SetStateParams<'a> {
     pub now: DateTime<Utc>,
 }
 
+/// What [`Store::job_rescue_orphaned`] takes.
+#[derive(Debug, Clone)]
+pub struct RescueParams<'a> {
+    /// Only jobs started before this (their worker had time to lock them).
+    pub cutoff: DateTime<Utc>,
+    /// Now.
+    pub now: DateTime<Utc>,
+    /// SQLite: the workers known dead. PostgreSQL: `None`, row locks tell.
+    pub dead_workers: Option<&'a [String]>,
+}
+
 /// What [`Store::job_list`] takes.
 #[derive(Debug, Clone, Default)]
 pub struct ListParams {
@@ -266,11 +277,20 @@ pub trait Store {
     fn job_insert_unique(&mut self, job: &NewJob) -> Result<(JobId, bool)>;
     /// Jobs, newest first.
     fn job_list(&mut self, params: &ListParams) -> Result<Vec<Job>>;
+    /// Inside a job's transaction, before its body: lock its row for the run (PostgreSQL), which
+    /// tells the rescuer the worker is alive. False when the claim no longer holds (the job was
+    /// rescued or cancelled meanwhile): the body must not run.
+    fn job_lock_running(&mut self, id: i64, lease_token: &str) -> Result<bool>;
     /// Wake the workers listening for new jobs (PostgreSQL NOTIFY, sent at commit).
     fn job_notify(&mut self) -> Result<()>;
     /// Move a job from `from` to `to` for an operator; false when it was no longer in `from`.
     /// To `pending` starts the job afresh: no tries, no eta, no error, no result.
     fn job_set_state(&mut self, params: &SetStateParams<'_>) -> Result<bool>;
+    /// Put `started` jobs whose worker is gone back to `pending` (their try counted), or fail
+    /// them when their tries are spent. Returns each rescued job's id and new state.
+    fn job_rescue_orphaned(&mut self, params: &RescueParams<'_>) -> Result<Vec<(i64, JobState)>>;
+    /// Workers of the jobs `started` before `cutoff` (for the SQLite rescuer's liveness check).
+    fn job_started_workers(&mut self, cutoff: DateTime<Utc>) -> Result<Vec<String>>;
     /// Give jobs back (`started` → `pending`) without counting the try, if the lease holds.
     fn job_release(&mut self, ids: &[i64], lease_token: &str) -> Result<usize>;
     /// Create or update the queue's tables.
@@ -621,6 +641,43 @@ impl Store for AnyConnection {
         rows.iter().map(JobRow::decode).collect()
     }
 
+    fn job_lock_running(&mut self, id: i64, lease_token: &str) -> Result<bool> {
+        use queue_job::dsl;
+        let target = dsl::queue_job
+            .filter(dsl::id.eq(id))
+            .filter(dsl::lease_token.eq(lease_token))
+            .filter(dsl::state.eq(JobState::Started.as_str()))
+            .select(dsl::id);
+        let found: Option<i64> = match self {
+            AnyConnection::Sqlite(c) => target.first(c).optional(),
+            AnyConnection::Postgres(c) => target.for_update().first(c).optional(),
+        }
+        .map_err(Error::query("lock a running job"))?;
+        Ok(found.is_some())
+    }
+
+    fn job_rescue_orphaned(&mut self, p: &RescueParams<'_>) -> Result<Vec<(i64, JobState)>> {
+        let sql = claim::Sql::rescue(p, self.backend());
+        let rows: Vec<RescuedRow> = match self {
+            AnyConnection::Sqlite(c) => sqlite::load(c, &sql),
+            AnyConnection::Postgres(c) => postgres::load(c, &sql),
+        }
+        .map_err(Error::query("rescue orphaned jobs"))?;
+        rows.into_iter().map(|r| Ok((r.id, r.state.parse::<JobState>()?))).collect()
+    }
+
+    fn job_started_workers(&mut self, cutoff: DateTime<Utc>) -> Result<Vec<String>> {
+        use queue_job::dsl;
+        let workers: Vec<Option<String>> = with_backend!(self, c => dsl::queue_job
+            .filter(dsl::state.eq(JobState::Started.as_str()))
+            .filter(dsl::date_started.lt(cutoff.naive_utc()))
+            .select(dsl::worker_id)
+            .distinct()
+            .load(c))
+        .map_err(Error::query("list the workers of running jobs"))?;
+        Ok(workers.into_iter().flatten().collect())
+    }
+
     fn job_notify(&mut self) -> Result<()> {
         match self {
             AnyConnection::Sqlite(_) => Ok(()),
@@ -706,6 +763,15 @@ impl Store for AnyConnection {
             AnyConnection::Postgres(c) => postgres::schema_migrate(c),
         }
     }
+}
+
+/// A rescued job.
+#[derive(Debug, QueryableByName)]
+struct RescuedRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    state: String,
 }
 
 const SEQUENTIAL_HEAD_BUSY: &str = "the head of a sequential channel is locked";
@@ -894,6 +960,46 @@ mod claim {
             // Not by eta: a head waiting for its retry stays the head.
             sql.push(" ORDER BY priority, COALESCE(expected_at, date_created), id LIMIT ");
             sql.bind(Bind::Int(limit));
+            sql
+        }
+
+        /// Rescue `started` jobs whose worker is gone: dead workers named (SQLite) or rows that
+        /// no live transaction holds (PostgreSQL, `SKIP LOCKED`).
+        pub fn rescue(p: &super::RescueParams<'_>, backend: Backend) -> Sql {
+            let mut sql = Sql { text: String::with_capacity(512), binds: Vec::new() };
+            let spent = "max_retries > 0 AND attempts >= max_retries";
+            sql.push(&format!("UPDATE queue_job SET state = CASE WHEN {spent} THEN "));
+            sql.bind(Bind::Text(JobState::Failed.as_str().into()));
+            sql.push(" ELSE ");
+            sql.bind(Bind::Text(JobState::Pending.as_str().into()));
+            sql.push(&format!(" END, date_done = CASE WHEN {spent} THEN "));
+            sql.bind(Bind::Time(p.now.naive_utc()));
+            sql.push(" ELSE NULL END, eta = NULL, lease_token = NULL, exc_name = ");
+            sql.bind(Bind::Text("WorkerLost".into()));
+            sql.push(", exc_message = ");
+            sql.bind(Bind::Text("its worker stopped while running it: ".into()));
+            sql.push(" || COALESCE(worker_id, '?') || ', try ' || CAST(attempts AS TEXT)");
+            sql.push(" WHERE id IN (SELECT id FROM queue_job WHERE state = ");
+            sql.bind(Bind::Text(JobState::Started.as_str().into()));
+            sql.push(" AND date_started < ");
+            sql.bind(Bind::Time(p.cutoff.naive_utc()));
+            if let Some(dead) = p.dead_workers {
+                sql.push(" AND worker_id IN (");
+                for (i, worker) in dead.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(", ");
+                    }
+                    sql.bind(Bind::Text(worker.clone()));
+                }
+                if dead.is_empty() {
+                    sql.push("NULL");
+                }
+                sql.push(")");
+            }
+            if backend == Backend::Postgres {
+                sql.push(" FOR UPDATE SKIP LOCKED");
+            }
+            sql.push(") RETURNING id, state");
             sql
         }
 

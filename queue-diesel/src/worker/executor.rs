@@ -158,6 +158,11 @@ pub(crate) fn run_claimed_with(
     let watched = control.clone().filter(|_| function.timeout().is_some());
     let run = JobRun { uuid: job.uuid, attempt: job.attempts, control: watched.clone() };
     let ran = in_transaction_on::<_, Abort>(conn, |conn| {
+        // Hold the row for the whole run (the rescuer's sign of life), and make sure the claim
+        // still holds: a job rescued or cancelled since must not run.
+        if !conn.job_lock_running(row.id, &lease)? {
+            return Err(Abort::LeaseLost);
+        }
         if let (Some(control), AnyConnection::Postgres(c)) = (&watched, &mut *conn) {
             let pid: i32 = diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("pg_backend_pid()"))
                 .get_result(c)
@@ -284,7 +289,13 @@ const AFTER_COMMIT_CHUNK: usize = 16;
 /// on the job; a failure of the database itself is logged, and the jobs not run yet stay
 /// `pending` (a worker, or `queue-worker run --until-idle`, can run them later).
 pub(crate) fn run_after_commit(db: &Database, conn: &mut AnyConnection, ids: Vec<JobId>) {
-    let worker_id = format!("after-commit:{}", std::process::id());
+    let worker_id = format!("after-commit-{}", std::process::id());
+    if let Some(path) = db.sqlite_path()
+        && let Err(e) = crate::maintenance::liveness::hold(&path, &worker_id)
+    {
+        tracing::error!(error = %chain(&e), "cannot show this process alive; its jobs stay pending");
+        return;
+    }
     let mut todo = ids;
     // Jobs waiting for a parent in the same batch are not claimable yet: they get another pass
     // once the others ran, as long as passes make progress.

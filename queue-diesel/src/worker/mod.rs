@@ -23,6 +23,8 @@ use crate::connection::Backend;
 use crate::database::Database;
 use crate::error::{Error, Result};
 use crate::function::{JobFunction, registry};
+use crate::maintenance::rescuer::{DEFAULT_RESCUE_GRACE, DEFAULT_RESCUE_INTERVAL};
+use crate::maintenance::{Rescuer, liveness};
 use crate::store::{ChannelFilter, ClaimParams, JobRow, Store};
 
 /// How often an idle worker looks for due jobs when nothing woke it (PostgreSQL).
@@ -45,6 +47,10 @@ pub struct WorkerConfig {
     pub grace_period: Duration,
     /// Name stored on the jobs this worker takes.
     pub worker_id: String,
+    /// How often this worker rescues jobs whose worker is gone.
+    pub rescue_interval: Duration,
+    /// Jobs claimed less than this long ago are never rescued (their worker may not hold them yet).
+    pub rescue_grace: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -54,6 +60,8 @@ impl Default for WorkerConfig {
             poll_interval: None,
             grace_period: DEFAULT_GRACE_PERIOD,
             worker_id: default_worker_id(),
+            rescue_interval: DEFAULT_RESCUE_INTERVAL,
+            rescue_grace: DEFAULT_RESCUE_GRACE,
         }
     }
 }
@@ -84,14 +92,14 @@ fn parse_positive(text: &str, name: &str) -> Result<u64> {
         .ok_or_else(|| Error::Config(format!("expected a whole number > 0 in {name}, got {text:?}")))
 }
 
-/// `host:pid:random`, unique enough to tell workers apart in job views.
+/// `host-pid-random`, unique enough to tell workers apart in job views.
 pub fn default_worker_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::env::var("HOSTNAME"))
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".into());
     let tag = JobId::new().to_string();
-    format!("{host}:{}:{}", std::process::id(), &tag[..8])
+    format!("{host}-{}-{}", std::process::id(), &tag[..8])
 }
 
 /// What the dispatcher reacts to.
@@ -224,6 +232,8 @@ pub struct WorkerStats {
     pub released: u64,
     /// Runs given up because they passed their function's timeout.
     pub timed_out: u64,
+    /// Jobs of dead workers this worker rescued.
+    pub rescued: u64,
 }
 
 /// A worker bound to a database and a configuration.
@@ -252,6 +262,9 @@ impl Worker {
                 db.pool_size(),
                 config.channels
             )));
+        }
+        if let Some(path) = db.sqlite_path() {
+            liveness::hold(&path, &config.worker_id)?;
         }
         Ok(Worker { db, config, functions })
     }
@@ -396,6 +409,8 @@ impl Worker {
         let poll = self.poll_interval();
         let mut dry: HashSet<String> = HashSet::new();
         let mut last_poll = Instant::now();
+        let rescuer = Rescuer::new(self.db.clone(), self.config.rescue_grace);
+        let mut last_rescue = Instant::now();
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_triggered() {
             if last_poll.elapsed() >= poll {
@@ -404,6 +419,18 @@ impl Worker {
             }
             if !state.unsettled.is_empty() {
                 self.settle(&mut state.unsettled, &mut state.stats);
+            }
+            if last_rescue.elapsed() >= self.config.rescue_interval {
+                last_rescue = Instant::now();
+                match rescuer.run_once() {
+                    Ok(rescued) => {
+                        state.stats.rescued += rescued.requeued + rescued.failed;
+                        if rescued.requeued > 0 {
+                            dry.clear();
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %executor::chain(&e), "rescue pass failed"),
+                }
             }
             let mut failed = false;
             for filter in &filters {
@@ -507,7 +534,7 @@ impl Worker {
         Ok(())
     }
 
-    /// Give up on runs past their function's timeout: tell the body, cancel its statement
+    /// Give up on runs past their function's timeout: tell the body, end its session
     /// (PostgreSQL), store the verdict fenced by the lease (PostgreSQL; on SQLite the running
     /// transaction holds the write lock, so the executor stores it when the body returns), free
     /// the slot and start an executor thread in place of the one still stuck in the body.
@@ -536,12 +563,15 @@ impl Worker {
             {
                 match self.db.conn() {
                     Ok(mut conn) => {
+                        // End the run's session: its statement stops, its transaction rolls back
+                        // and its locks (its job row among them) are freed at once. The pooled
+                        // connection is found dead and replaced when it is next checked out.
                         if let Some(pid) = flight.control.pg_pid() {
-                            let cancel = diesel::sql_query("SELECT pg_cancel_backend($1)")
+                            let end = diesel::sql_query("SELECT pg_terminate_backend($1)")
                                 .bind::<diesel::sql_types::Integer, _>(pid)
                                 .execute(&mut *conn);
-                            if let Err(e) = cancel {
-                                tracing::warn!(job_id = key.0, error = %e, "could not cancel the job's statement");
+                            if let Err(e) = end {
+                                tracing::warn!(job_id = key.0, error = %e, "could not end the job's session");
                             }
                         }
                         executor::store_timeout(&self.db, &mut conn, row, function);
