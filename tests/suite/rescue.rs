@@ -56,7 +56,7 @@ fn jobs_of_a_dead_worker_are_requeued_and_live_ones_left_alone(t: TestDb) {
     let stats = if t.db.backend() == Backend::Postgres {
         let mut holder = t.db.conn().expect("conn");
         let outcome = holder.transaction::<_, Error, _>(|c| {
-            assert!(c.job_lock_running(rows[0].id, "lease-alive")?, "the claim holds");
+            assert!(c.job_lock_running(rows[0].id, "lease-alive")?.is_some(), "the claim holds");
             rescuer.run_once()
         });
         outcome.expect("rescued")
@@ -72,7 +72,7 @@ fn jobs_of_a_dead_worker_are_requeued_and_live_ones_left_alone(t: TestDb) {
     assert_eq!(t.db.job(&alive.uuid()).expect("job").state, JobState::Started, "a live worker's job stays");
     // The dead worker's lease is gone: were it to come back, it could not store anything.
     let mut conn = t.db.conn().expect("conn");
-    assert!(!conn.job_lock_running(rescued.id, "lease-dead").expect("check"));
+    assert!(conn.job_lock_running(rescued.id, "lease-dead").expect("check").is_none());
     drop(conn);
     // A worker runs the rescued job.
     let worker = Worker::new(t.db.clone(), WorkerConfig::default()).expect("worker");

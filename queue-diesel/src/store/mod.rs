@@ -278,9 +278,10 @@ pub trait Store {
     /// Jobs, newest first.
     fn job_list(&mut self, params: &ListParams) -> Result<Vec<Job>>;
     /// Inside a job's transaction, before its body: lock its row for the run (PostgreSQL), which
-    /// tells the rescuer the worker is alive. False when the claim no longer holds (the job was
-    /// rescued or cancelled meanwhile): the body must not run.
-    fn job_lock_running(&mut self, id: i64, lease_token: &str) -> Result<bool>;
+    /// tells the rescuer the worker is alive. Returns the session's backend pid (PostgreSQL; 0 on
+    /// SQLite), or `None` when the claim no longer holds (the job was rescued or cancelled
+    /// meanwhile): the body must not run.
+    fn job_lock_running(&mut self, id: i64, lease_token: &str) -> Result<Option<i32>>;
     /// Wake the workers listening for new jobs (PostgreSQL NOTIFY, sent at commit).
     fn job_notify(&mut self) -> Result<()>;
     /// Move a job from `from` to `to` for an operator; false when it was no longer in `from`.
@@ -641,19 +642,21 @@ impl Store for AnyConnection {
         rows.iter().map(JobRow::decode).collect()
     }
 
-    fn job_lock_running(&mut self, id: i64, lease_token: &str) -> Result<bool> {
+    fn job_lock_running(&mut self, id: i64, lease_token: &str) -> Result<Option<i32>> {
+        use diesel::dsl::sql;
+        use diesel::sql_types::Integer;
         use queue_job::dsl;
         let target = dsl::queue_job
             .filter(dsl::id.eq(id))
             .filter(dsl::lease_token.eq(lease_token))
-            .filter(dsl::state.eq(JobState::Started.as_str()))
-            .select(dsl::id);
-        let found: Option<i64> = match self {
-            AnyConnection::Sqlite(c) => target.first(c).optional(),
-            AnyConnection::Postgres(c) => target.for_update().first(c).optional(),
+            .filter(dsl::state.eq(JobState::Started.as_str()));
+        match self {
+            AnyConnection::Sqlite(c) => target.select(sql::<Integer>("0")).first(c).optional(),
+            AnyConnection::Postgres(c) => {
+                target.select(sql::<Integer>("pg_backend_pid()")).for_update().first(c).optional()
+            }
         }
-        .map_err(Error::query("lock a running job"))?;
-        Ok(found.is_some())
+        .map_err(Error::query("lock a running job"))
     }
 
     fn job_rescue_orphaned(&mut self, p: &RescueParams<'_>) -> Result<Vec<(i64, JobState)>> {

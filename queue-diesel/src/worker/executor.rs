@@ -5,8 +5,6 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 
-use diesel::RunQueryDsl;
-
 use queue_core::options::after_std;
 use queue_core::retry::delay_for;
 use queue_core::{JobError, JobId, JobState};
@@ -41,11 +39,12 @@ impl RunOutcome {
     }
 }
 
-/// Shared by a running job and the worker watching its deadline. The run ends exactly once:
-/// either its executor finishes it or the worker expires it, whichever comes first.
+/// Shared by a running job and the worker watching it. The run ends exactly once: either its
+/// executor finishes it or the worker gives up on it (timeout, or shutdown past the grace
+/// period), whichever comes first.
 #[derive(Debug, Default)]
 pub struct JobControl {
-    /// [`RUNNING`], [`FINISHED`] or [`EXPIRED`].
+    /// [`RUNNING`], [`FINISHED`], [`TIMED_OUT`] or [`ABANDONED`].
     state: AtomicU8,
     /// PostgreSQL backend pid of the job's connection (0: unknown or no longer running).
     pg_pid: AtomicI32,
@@ -53,13 +52,20 @@ pub struct JobControl {
 
 const RUNNING: u8 = 0;
 const FINISHED: u8 = 1;
-const EXPIRED: u8 = 2;
+const TIMED_OUT: u8 = 2;
+const ABANDONED: u8 = 3;
 
 impl JobControl {
-    /// Give up on the run, unless it has finished already: true when this call expired it.
-    /// The body sees it through `Env::is_cancelled`.
+    /// Give up on the run because it passed its timeout, unless it has finished already: true
+    /// when this call did. The body sees it through `Env::is_cancelled`.
     pub fn expire(&self) -> bool {
-        self.state.compare_exchange(RUNNING, EXPIRED, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+        self.state.compare_exchange(RUNNING, TIMED_OUT, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+    }
+
+    /// Give up on the run because the worker is stopping (it will be given back, its try not
+    /// counted), unless it has finished already: true when this call did.
+    pub fn abandon(&self) -> bool {
+        self.state.compare_exchange(RUNNING, ABANDONED, Ordering::SeqCst, Ordering::SeqCst).is_ok()
     }
 
     /// Mark the run finished by its executor, unless it expired first: true when it had not.
@@ -70,7 +76,7 @@ impl JobControl {
 
     /// True once the worker gave up on the run.
     pub fn is_cancelled(&self) -> bool {
-        self.state.load(Ordering::SeqCst) == EXPIRED
+        self.state.load(Ordering::SeqCst) >= TIMED_OUT
     }
 
     /// The backend pid of the connection running the job, when known.
@@ -107,6 +113,8 @@ pub(crate) fn store_timeout(
 enum Abort {
     Verdict(JobError),
     LeaseLost,
+    /// The worker stopped and gave the job back.
+    Abandoned,
     Library(Error),
 }
 
@@ -155,26 +163,25 @@ pub(crate) fn run_claimed_with(
         );
         return store_verdict(db, conn, row, &lease, None, verdict);
     };
-    let watched = control.clone().filter(|_| function.timeout().is_some());
+    let watched = control.clone();
     let run = JobRun { uuid: job.uuid, attempt: job.attempts, control: watched.clone() };
     let ran = in_transaction_on::<_, Abort>(conn, |conn| {
         // Hold the row for the whole run (the rescuer's sign of life), and make sure the claim
         // still holds: a job rescued or cancelled since must not run.
-        if !conn.job_lock_running(row.id, &lease)? {
+        let Some(pid) = conn.job_lock_running(row.id, &lease)? else {
             return Err(Abort::LeaseLost);
-        }
-        if let (Some(control), AnyConnection::Postgres(c)) = (&watched, &mut *conn) {
-            let pid: i32 = diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("pg_backend_pid()"))
-                .get_result(c)
-                .map_err(|e| Abort::Library(Error::query("read the backend pid")(e)))?;
+        };
+        if let Some(control) = &watched {
             control.pg_pid.store(pid, Ordering::SeqCst);
         }
         Env::enter(conn, job.context.clone(), db.clone(), Some(run), |env| {
             let inv = Invocation { func: function.name(), record_ids: &job.record_ids, args: &job.args };
             let verdict = catch_unwind(AssertUnwindSafe(|| (function.run)(env, &inv)))
                 .unwrap_or_else(|p| Err(panic_verdict(p)));
-            if watched.as_ref().is_some_and(|c| c.is_cancelled()) {
-                return Err(Abort::Verdict(timeout_verdict(function)));
+            match watched.as_ref().map(|c| c.state.load(Ordering::SeqCst)) {
+                Some(TIMED_OUT) => return Err(Abort::Verdict(timeout_verdict(function))),
+                Some(ABANDONED) => return Err(Abort::Abandoned),
+                _ => {}
             }
             let result = verdict.map_err(Abort::Verdict)?;
             let finished = env.try_conn()?.job_finish(&FinishParams {
@@ -204,6 +211,7 @@ pub(crate) fn run_claimed_with(
             tracing::warn!(job = %job.uuid, "job was taken over by another worker; its writes were rolled back");
             RunOutcome::default()
         }
+        Err(Abort::Abandoned) => RunOutcome { unsettled: true, ..RunOutcome::default() },
         Err(Abort::Library(e)) if e.is_transient() => {
             tracing::warn!(job = %job.uuid, error = %chain(&e), "database unavailable during a job; giving it back");
             match conn.job_release(&[row.id], &lease) {

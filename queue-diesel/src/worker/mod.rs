@@ -600,8 +600,25 @@ impl Worker {
                 Err(_) => break,
             }
         }
-        let running: Vec<(i64, String)> = state.in_flight.drain().map(|(key, _)| key).collect();
-        state.unsettled.extend(running);
+        // Still running: end their sessions (PostgreSQL), so their transactions roll back and
+        // free their rows, then give them back.
+        for (key, flight) in state.in_flight.drain() {
+            if flight.control.abandon()
+                && let Some(pid) = flight.control.pg_pid()
+            {
+                use diesel::RunQueryDsl;
+                let end = self.db.conn().and_then(|mut conn| {
+                    diesel::sql_query("SELECT pg_terminate_backend($1)")
+                        .bind::<diesel::sql_types::Integer, _>(pid)
+                        .execute(&mut *conn)
+                        .map_err(crate::Error::query("end a running job's session"))
+                });
+                if let Err(e) = end {
+                    tracing::warn!(job_id = key.0, error = %executor::chain(&e), "could not end a running job's session");
+                }
+            }
+            state.unsettled.push(key);
+        }
         self.settle(&mut state.unsettled, &mut state.stats);
         for (id, _) in &state.unsettled {
             tracing::error!(job_id = id, "could not give a job back; it stays started until it is rescued");
