@@ -178,6 +178,53 @@ impl Partner {
     }
 }
 
+diesel::table! {
+    /// The chaos test's counter: each job adds one.
+    chaos_counter (id) {
+        /// Row id.
+        id -> BigInt,
+        /// How many jobs applied their effect.
+        n -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// One row per job whose effect committed: a second commit of the same job would break the
+    /// primary key.
+    chaos_effect (job) {
+        /// The job's uuid.
+        job -> Text,
+    }
+}
+
+/// The chaos test's model.
+#[derive(Debug, Clone, Queryable, Selectable, Model)]
+#[diesel(table_name = chaos_counter)]
+#[queue(model = "chaos.counter")]
+pub struct Counter {
+    /// Row id.
+    pub id: i64,
+    /// Count.
+    pub n: i64,
+}
+
+#[queueable]
+impl Counter {
+    /// Add one to the counter and record the job's effect, in the job's transaction.
+    pub fn bump(records: Vec<Counter>, env: &Env) -> JobResult {
+        let job = env.job_id().map(|id| id.to_string()).unwrap_or_default();
+        for counter in &records {
+            diesel::update(chaos_counter::table.find(counter.id))
+                .set(chaos_counter::n.eq(chaos_counter::n + 1))
+                .execute(&mut *env.conn())?;
+        }
+        diesel::insert_into(chaos_effect::table)
+            .values(chaos_effect::job.eq(job))
+            .execute(&mut *env.conn())?;
+        Ok(())
+    }
+}
+
 /// A database for one test, removed when dropped.
 pub struct TestDb {
     /// The database, migrated, with the `partners` table.

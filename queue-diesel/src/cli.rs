@@ -67,6 +67,12 @@ pub struct RunArgs {
     /// Run the due jobs one by one, then exit (no threads, no channels).
     #[arg(long)]
     pub until_idle: bool,
+    /// How often to look for jobs whose worker is gone, in milliseconds.
+    #[arg(long, env = "QUEUE_RESCUE_INTERVAL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rescue_interval_ms: u64,
+    /// Jobs claimed less than this many milliseconds ago are never rescued.
+    #[arg(long, env = "QUEUE_RESCUE_GRACE_MS", default_value_t = 5000)]
+    pub rescue_grace_ms: u64,
 }
 
 /// `jobs` subcommands.
@@ -150,6 +156,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 channels,
                 poll_interval: args.poll_interval_ms.map(Duration::from_millis),
                 grace_period: Duration::from_secs(args.grace_period_secs),
+                rescue_interval: Duration::from_millis(args.rescue_interval_ms),
+                rescue_grace: Duration::from_millis(args.rescue_grace_ms),
                 ..WorkerConfig::default()
             };
             let worker = Worker::new(db, config)?;

@@ -1,0 +1,240 @@
+//! Chaos test: jobs that each add one to a counter, several worker processes, one of them
+//! killed with SIGKILL every second or two and started again. At the end every job must be
+//! done, the counter must equal the number of jobs, and no job's effect may have committed twice.
+//!
+//! ```text
+//! cargo run -p queue-tests --bin chaos -- --backend postgres --jobs 5000 --workers 3
+//! cargo run -p queue-tests --bin chaos -- --backend sqlite --jobs 5000 --workers 2
+//! ```
+//!
+//! PostgreSQL is reached through `--database-url` or `QUEUE_TEST_POSTGRES_URL`; the test creates
+//! and drops a database of its own. It prints one line, and exits non-zero if anything was lost
+//! or applied twice:
+//! `chaos backend=postgres jobs=5000 kills=37 rescued=41 done=5000 lost=0 double_effects=0 seconds=48.2`
+
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use diesel::prelude::*;
+use queue_diesel::prelude::*;
+use queue_diesel::store::Store;
+use queue_diesel::{Backend, JobState};
+use queue_tests::{Counter, chaos_counter, chaos_effect};
+
+#[derive(Debug, Parser)]
+#[command(about = "Kill workers while they run jobs; check nothing is lost or applied twice")]
+struct Args {
+    /// `sqlite` or `postgres`.
+    #[arg(long, default_value = "sqlite")]
+    backend: String,
+    /// PostgreSQL server (a database of its own is created on it).
+    #[arg(long, env = "QUEUE_TEST_POSTGRES_URL")]
+    database_url: Option<String>,
+    /// Jobs to run.
+    #[arg(long, default_value_t = 5000)]
+    jobs: usize,
+    /// Worker processes.
+    #[arg(long, default_value_t = 3)]
+    workers: usize,
+    /// Shortest and longest pause between kills, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    kill_min_ms: u64,
+    #[arg(long, default_value_t = 2000)]
+    kill_max_ms: u64,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+    /// Internal: run as one worker process on this database.
+    #[arg(long, hide = true)]
+    worker_of: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(url) = &args.worker_of {
+        // A worker process: the queue's own CLI, with quick rescue so the test moves on.
+        let cli = queue_diesel::cli::Cli::parse_from([
+            "chaos-worker",
+            "--database-url",
+            url,
+            "run",
+            "--channels",
+            "root:4",
+            "--rescue-interval-ms",
+            "500",
+            "--rescue-grace-ms",
+            "1000",
+            "--poll-interval-ms",
+            "50",
+        ]);
+        return match queue_diesel::cli::run(cli) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("chaos worker: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match orchestrate(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("chaos: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Where the test's database lives, and how to remove it.
+struct Scratch {
+    url: String,
+    drop_pg: Option<(String, String)>,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        match &self.drop_pg {
+            Some((admin, name)) => {
+                if let Ok(mut conn) = PgConnection::establish(admin) {
+                    let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn);
+                }
+            }
+            None => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", self.url));
+                }
+                let _ = std::fs::remove_dir_all(format!("{}.workers", self.url));
+            }
+        }
+    }
+}
+
+fn scratch(args: &Args) -> Result<Scratch, Box<dyn std::error::Error>> {
+    let name = format!("queue_chaos_{}", std::process::id());
+    match args.backend.as_str() {
+        "sqlite" => {
+            let url = std::env::temp_dir().join(format!("{name}.sqlite3")).to_string_lossy().into_owned();
+            let scratch = Scratch { url, drop_pg: None };
+            drop(Scratch { url: scratch.url.clone(), drop_pg: None });
+            Ok(scratch)
+        }
+        "postgres" => {
+            let admin = args.database_url.clone().ok_or("set --database-url or QUEUE_TEST_POSTGRES_URL")?;
+            let mut conn = PgConnection::establish(&admin)?;
+            diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn)?;
+            diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut conn)?;
+            let base = admin.rsplit_once('/').map(|(base, _)| base).unwrap_or(&admin);
+            Ok(Scratch { url: format!("{base}/{name}"), drop_pg: Some((admin, name)) })
+        }
+        other => Err(format!("expected --backend sqlite or postgres, got {other:?}").into()),
+    }
+}
+
+/// A tiny deterministic generator for the pauses between kills.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+fn spawn_worker(url: &str) -> std::io::Result<Child> {
+    Command::new(std::env::current_exe()?)
+        .args(["--worker-of", url])
+        .env("QUEUE_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+}
+
+fn orchestrate(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
+    let scratch = scratch(args)?;
+    let db = Database::builder(&scratch.url).worker(true).no_delay(false).open()?;
+    let mut conn = db.conn()?;
+    let sql = match db.backend() {
+        Backend::Sqlite => {
+            "CREATE TABLE chaos_counter (id INTEGER PRIMARY KEY, n BIGINT NOT NULL); CREATE TABLE chaos_effect (job TEXT PRIMARY KEY);"
+        }
+        Backend::Postgres => {
+            "CREATE TABLE chaos_counter (id BIGINT PRIMARY KEY, n BIGINT NOT NULL); CREATE TABLE chaos_effect (job TEXT PRIMARY KEY);"
+        }
+    };
+    conn.batch(sql)?;
+    diesel::insert_into(chaos_counter::table)
+        .values((chaos_counter::id.eq(1), chaos_counter::n.eq(0)))
+        .execute(&mut *conn)?;
+    drop(conn);
+    let counter = Counter { id: 1, n: 0 };
+    db.transaction(Context::new(), |_| {
+        for _ in 0..args.jobs {
+            Counter::queue().bump(&counter)?;
+        }
+        Ok::<_, queue_diesel::Error>(())
+    })?;
+
+    let start = Instant::now();
+    let mut workers: Vec<Child> =
+        (0..args.workers).map(|_| spawn_worker(&scratch.url)).collect::<Result<_, _>>()?;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()));
+    let mut kills = 0u64;
+    let mut next_kill =
+        start + Duration::from_millis(args.kill_min_ms + rng.below(args.kill_max_ms - args.kill_min_ms + 1));
+    let deadline = start + Duration::from_secs(args.timeout_secs);
+    let count = |state: JobState| -> Result<i64, queue_diesel::Error> {
+        Ok(db.conn()?.job_count_by_state()?.into_iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| n))
+    };
+    loop {
+        if count(JobState::Done)? + count(JobState::Failed)? >= args.jobs as i64 || Instant::now() > deadline
+        {
+            break;
+        }
+        if Instant::now() >= next_kill {
+            let victim = rng.below(workers.len() as u64) as usize;
+            workers[victim].kill()?; // SIGKILL
+            workers[victim].wait()?;
+            kills += 1;
+            workers[victim] = spawn_worker(&scratch.url)?;
+            next_kill = Instant::now()
+                + Duration::from_millis(
+                    args.kill_min_ms + rng.below(args.kill_max_ms - args.kill_min_ms + 1),
+                );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    for worker in &mut workers {
+        let _ = worker.kill();
+        let _ = worker.wait();
+    }
+
+    let mut conn = db.conn()?;
+    let done = count(JobState::Done)?;
+    let failed = count(JobState::Failed)?;
+    let n: i64 = chaos_counter::table.find(1).select(chaos_counter::n).first(&mut *conn)?;
+    let effects: i64 = chaos_effect::table.count().get_result(&mut *conn)?;
+    let attempts: i64 = {
+        use queue_diesel::schema::queue_job::dsl;
+        dsl::queue_job.select(diesel::dsl::sum(dsl::attempts)).first::<Option<i64>>(&mut *conn)?.unwrap_or(0)
+    };
+    let jobs = args.jobs as i64;
+    // A job whose effect committed twice adds one more to the counter; a second commit of its
+    // effect row would have failed the job instead.
+    let double_effects = (n - effects).max(0) + failed;
+    let lost = jobs - done - failed;
+    let rescued = (attempts - jobs).max(0);
+    println!(
+        "chaos backend={} jobs={jobs} kills={kills} rescued={rescued} done={done} lost={lost} double_effects={double_effects} seconds={seconds:.1}",
+        db.backend().name()
+    );
+    let ok = done == jobs && n == jobs && effects == jobs && lost == 0 && double_effects == 0;
+    if !ok {
+        eprintln!("chaos: failed (counter={n}, effects={effects}, failed jobs={failed})");
+    }
+    Ok(ok)
+}
