@@ -14,6 +14,7 @@ backend_tests!(
     shutdown_after_grace_gives_running_jobs_back,
     two_workers_never_run_a_job_twice,
     unusable_worker_settings_are_refused,
+    a_database_restart_in_the_middle_of_a_run_loses_nothing,
 );
 
 fn all_done(db: &Database, n: usize) -> bool {
@@ -171,4 +172,53 @@ fn unusable_worker_settings_are_refused(t: TestDb) {
         err.to_string().contains("the connection pool holds 8 connections but channels root:40 need 42"),
         "{err}"
     );
+}
+
+fn a_database_restart_in_the_middle_of_a_run_loses_nothing(t: TestDb) {
+    if t.db.backend() != Backend::Postgres {
+        return; // A SQLite file has no server to restart.
+    }
+    let names: Vec<String> = (0..40).map(|i| format!("p{i}")).collect();
+    let list = t.partners(&names.iter().map(String::as_str).collect::<Vec<_>>());
+    let key = key();
+    t.db.transaction(Context::new(), |_| {
+        for p in &list {
+            Partner::queue().slow_export(p, key.clone(), 20)?;
+        }
+        Ok::<_, queue_diesel::Error>(())
+    })
+    .expect("queued");
+    let config = WorkerConfig {
+        channels: "root:2".parse().expect("valid"),
+        rescue_interval: Duration::from_millis(200),
+        rescue_grace: Duration::from_millis(500),
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(t.reopen(|b| b), config).expect("worker");
+    let shutdown = Shutdown::new();
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&shutdown);
+        let run = s.spawn(|| worker.run(&shutdown));
+        assert!(wait_for(Duration::from_secs(20), || done_count(&t.db) >= 5));
+        // What a server restart looks like from the worker: every session of this database ends.
+        let mut admin = diesel::PgConnection::establish(&t.url).expect("connect");
+        use diesel::{Connection, RunQueryDsl};
+        diesel::sql_query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .execute(&mut admin)
+        .expect("sessions ended");
+        assert!(
+            wait_for(Duration::from_secs(60), || all_done(&t.db, list.len())),
+            "the worker reconnected and finished"
+        );
+        shutdown.trigger();
+        run.join().expect("no panic").expect("clean stop");
+    });
+    assert_eq!(done_count(&t.db), list.len(), "nothing lost");
+}
+
+fn done_count(db: &Database) -> usize {
+    db.jobs(&ListParams { state: Some(JobState::Done), limit: 100_000, ..ListParams::default() })
+        .map_or(0, |d| d.len())
 }
