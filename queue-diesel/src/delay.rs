@@ -111,6 +111,19 @@ pub fn enqueue(
             handle.ran_now = true;
             return Ok(handle);
         }
+        if resolved.identity_key.is_none() && options.depends_on.is_empty() {
+            let buffered = BULK.with(|bulk| match bulk.borrow_mut().as_mut() {
+                Some(buffer) => {
+                    handle.uuids.extend(jobs.iter().map(|j| j.uuid));
+                    buffer.extend(jobs.iter().cloned());
+                    true
+                }
+                None => false,
+            });
+            if buffered {
+                return Ok(handle);
+            }
+        }
         let mut conn = env.try_conn()?;
         if resolved.identity_key.is_some() {
             let (uuid, inserted) = conn.job_insert_unique(&jobs[0])?;
@@ -131,6 +144,62 @@ pub fn enqueue(
         }
         Ok(handle)
     })?
+}
+
+thread_local! {
+    /// Jobs queued inside [`bulk`], inserted together when it returns.
+    static BULK: std::cell::RefCell<Option<Vec<NewJob>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Queue many jobs at once: calls made inside `f` are kept in memory and inserted with
+/// multi-row statements when `f` returns, in the current transaction (jobs with an identity key
+/// or parents are inserted at their call, as usual). Much faster than one insert per call.
+///
+/// ```no_run
+/// # use queue_diesel::prelude::*;
+/// # fn f(db: &Database) -> Result<(), queue_diesel::Error> {
+/// db.transaction(Context::new(), |_env| {
+///     queue_diesel::bulk(|| {
+///         for _ in 0..10_000 {
+///             // Model::queue().method(…)?;
+///         }
+///         Ok(())
+///     })
+/// })?;
+/// # Ok(()) }
+/// ```
+pub fn bulk<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    if BULK.with(|bulk| bulk.borrow().is_some()) {
+        return f();
+    }
+    BULK.with(|bulk| *bulk.borrow_mut() = Some(Vec::new()));
+    // Takes the buffer back even if `f` panics.
+    struct Take;
+    impl Drop for Take {
+        fn drop(&mut self) {
+            BULK.with(|bulk| bulk.borrow_mut().take());
+        }
+    }
+    let take = Take;
+    let value = f();
+    let jobs = BULK.with(|bulk| bulk.borrow_mut().take()).unwrap_or_default();
+    drop(take);
+    let value = value?;
+    if jobs.is_empty() {
+        return Ok(value);
+    }
+    current_env(|env| {
+        let mut conn = env.try_conn()?;
+        conn.job_insert_many(&jobs)?;
+        if env.database().worker_configured() && env.first_notify() {
+            conn.job_notify()?;
+        }
+        for job in &jobs {
+            env.record_queued(job.uuid);
+        }
+        Ok::<_, Error>(())
+    })??;
+    Ok(value)
 }
 
 /// No-delay mode: run the method now, in a savepoint of the caller's transaction, with the

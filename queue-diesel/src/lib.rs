@@ -78,7 +78,7 @@ pub mod worker;
 
 pub use connection::{AnyConnection, Backend};
 pub use database::{Database, DatabaseBuilder};
-pub use delay::JobHandle;
+pub use delay::{JobHandle, bulk};
 pub use error::{Error, Result};
 pub use function::{JobFunction, registry};
 pub use model::{Model, NoRecords, Records};

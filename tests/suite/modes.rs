@@ -19,6 +19,7 @@ backend_tests!(
     calls_without_records_run_on_the_model,
     a_held_connection_guard_is_reported_not_a_deadlock,
     oversized_arguments_are_refused_at_the_call,
+    bulk_queues_many_jobs_in_few_statements,
 );
 
 fn worker(t: &TestDb) -> Worker {
@@ -221,4 +222,27 @@ fn oversized_arguments_are_refused_at_the_call(t: TestDb) {
     assert!(db.jobs(&ListParams::default()).expect("list").is_empty(), "nothing stored");
     db.transaction(Context::new(), |_| Partner::queue().export(&list, "x".repeat(500)))
         .expect("within the limit");
+}
+
+fn bulk_queues_many_jobs_in_few_statements(t: TestDb) {
+    let list = t.partners(&["ada"]);
+    let handles =
+        t.db.transaction(Context::user(2), |_| {
+            queue_diesel::bulk(|| {
+                (0..2500)
+                    .map(|i| Partner::queue().export(&list, format!("t{i}")))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+        })
+        .expect("queued");
+    assert_eq!(handles.len(), 2500);
+    let stored = t.db.job(&handles[1234].uuid()).expect("stored");
+    assert_eq!(stored.args["target"], "t1234");
+    assert_eq!(stored.context.user_id(), Some(2));
+    let rolled: Result<(), Error> = t.db.transaction(Context::new(), |_| {
+        queue_diesel::bulk(|| Partner::queue().export(&list, "gone".into()).map(|_| ()))?;
+        Err(Error::Config("rolled back".into()))
+    });
+    assert!(rolled.is_err());
+    assert_eq!(t.db.jobs(&ListParams { limit: 10_000, ..ListParams::default() }).expect("list").len(), 2500);
 }
