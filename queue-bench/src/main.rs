@@ -1,0 +1,378 @@
+//! The queue's benchmark. Run with: `cargo run --release -p queue-bench -- [--database-url URL] [--json]`
+//! (SQLite in a temporary file by default; a PostgreSQL URL gets a database of its own, dropped
+//! afterwards). Prints a table, or with `--json` one JSON object:
+//! `enqueue_single`, `enqueue_bulk`, `process`, `process_write`, `latency_p50_ms`,
+//! `latency_p99_ms`, `latency_max_ms`, `raw_claim_complete`, `raw_claim_complete_batch`,
+//! `raw_insert_bulk`, `history` (jobs/s unless named `_ms`), and `peak_rss_mb`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use diesel::prelude::*;
+use queue_diesel::prelude::*;
+use queue_diesel::store::Store;
+use queue_diesel::{Backend, JobState, Shutdown, Worker, WorkerConfig};
+
+diesel::table! {
+    /// The model the benchmark's jobs run on.
+    bench_item (id) {
+        /// Row id.
+        id -> BigInt,
+        /// Written by `write_one`.
+        n -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Rows written by `write_one`.
+    bench_write (id) {
+        /// Row id.
+        id -> BigInt,
+        /// A value.
+        v -> BigInt,
+    }
+}
+
+/// The benchmark's model.
+#[derive(Debug, Queryable, Selectable, Model)]
+#[diesel(table_name = bench_item)]
+#[queue(model = "bench.item")]
+pub struct Item {
+    /// Row id.
+    pub id: i64,
+    /// Count.
+    pub n: i64,
+}
+
+/// When each latency job started, by its mark.
+static STARTED: Mutex<Option<HashMap<i64, Instant>>> = Mutex::new(None);
+
+#[queueable]
+impl Item {
+    /// Does nothing.
+    pub fn noop(_records: Vec<Item>) -> JobResult {
+        Ok(())
+    }
+
+    /// Inserts one row.
+    pub fn write_one(_records: Vec<Item>, env: &Env, v: i64) -> JobResult {
+        diesel::insert_into(bench_write::table).values(bench_write::v.eq(v)).execute(&mut *env.conn())?;
+        Ok(())
+    }
+
+    /// Records when it started.
+    pub fn mark(_records: Vec<Item>, mark: i64) -> JobResult {
+        let now = Instant::now();
+        if let Some(map) = STARTED.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            map.insert(mark, now);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmark the queue against raw SQL on the same database")]
+struct Args {
+    /// A PostgreSQL server URL (a database of its own is created); SQLite when absent.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Jobs per throughput measurement.
+    #[arg(long, default_value_t = 20_000)]
+    jobs: usize,
+    /// Jobs for the latency measurement.
+    #[arg(long, default_value_t = 200)]
+    latency_jobs: usize,
+    /// Finished jobs in the table for `history`.
+    #[arg(long, default_value_t = 1_000_000)]
+    history: usize,
+    /// Channels of the benchmark's worker.
+    #[arg(long, default_value = "root:4")]
+    channels: String,
+}
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+struct Scratch {
+    url: String,
+    admin: Option<(String, String)>,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        match &self.admin {
+            Some((admin, name)) => {
+                if let Ok(mut c) = PgConnection::establish(admin) {
+                    let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut c);
+                }
+            }
+            None => {
+                for s in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{s}", self.url));
+                }
+                let _ = std::fs::remove_dir_all(format!("{}.workers", self.url));
+            }
+        }
+    }
+}
+
+fn main() -> Res<()> {
+    let args = Args::parse();
+    let name = format!("queue_bench_{}", std::process::id());
+    let scratch = match &args.database_url {
+        Some(admin) => {
+            let mut c = PgConnection::establish(admin)?;
+            diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut c)?;
+            let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
+            Scratch { url: format!("{base}/{name}"), admin: Some((admin.clone(), name)) }
+        }
+        None => Scratch {
+            url: std::env::temp_dir().join(format!("{name}.sqlite3")).to_string_lossy().into_owned(),
+            admin: None,
+        },
+    };
+    let channels: queue_diesel::ChannelConfig = args.channels.parse()?;
+    let pool = u32::try_from(2 * channels.total_capacity() + 4)?;
+    let db = Database::builder(&scratch.url).worker(true).no_delay(false).pool_size(pool).open()?;
+    let serial = if db.backend() == Backend::Postgres { "BIGSERIAL" } else { "INTEGER" };
+    db.conn()?.batch(&format!(
+        "CREATE TABLE bench_item (id {serial} PRIMARY KEY, n BIGINT NOT NULL DEFAULT 0);
+         CREATE TABLE bench_write (id {serial} PRIMARY KEY, v BIGINT NOT NULL);
+         CREATE TABLE bench_raw (id {serial} PRIMARY KEY, state TEXT NOT NULL, payload TEXT NOT NULL);
+         CREATE INDEX bench_raw_pending ON bench_raw (id) WHERE state = 'pending';"
+    ))?;
+    let mut results: Vec<(&str, f64)> = Vec::new();
+
+    // enqueue_single: one job per transaction.
+    let n = (args.jobs / 4).max(100);
+    let start = Instant::now();
+    for _ in 0..n {
+        db.transaction(Context::new(), |_| Item::queue().noop(NoRecords))?;
+    }
+    results.push(("enqueue_single", n as f64 / start.elapsed().as_secs_f64()));
+    clear(&db)?;
+
+    // enqueue_bulk: many per transaction.
+    let start = Instant::now();
+    enqueue_noops(&db, args.jobs)?;
+    results.push(("enqueue_bulk", args.jobs as f64 / start.elapsed().as_secs_f64()));
+
+    // process: a pre-filled queue of no-op jobs, then of jobs writing one row each.
+    results.push(("process", process(&db, &channels, args.jobs)?));
+    clear(&db)?;
+    db.transaction(Context::new(), |_| {
+        queue_diesel::bulk(|| {
+            for v in 0..args.jobs {
+                Item::queue().write_one(NoRecords, v as i64)?;
+            }
+            Ok(())
+        })
+    })?;
+    results.push(("process_write", process(&db, &channels, args.jobs)?));
+    clear(&db)?;
+
+    // latency: enqueue-commit → start, on an idle worker.
+    let (p50, p99, max) = latency(&db, &channels, args.latency_jobs)?;
+    results.push(("latency_p50_ms", p50));
+    results.push(("latency_p99_ms", p99));
+    results.push(("latency_max_ms", max));
+    clear(&db)?;
+
+    // The same work in hand-written SQL.
+    results.push(("raw_insert_bulk", raw_insert_bulk(&db, args.jobs)?));
+    results.push(("raw_claim_complete", raw_claim_complete(&db, 1)?));
+    raw_fill(&db, args.jobs)?;
+    results.push(("raw_claim_complete_batch", raw_claim_complete(&db, 100)?));
+
+    // history: process again with many finished jobs in the table.
+    fill_history(&db, args.history)?;
+    enqueue_noops(&db, args.jobs)?;
+    results.push(("history", process(&db, &channels, args.jobs)?));
+
+    results.push(("peak_rss_mb", peak_rss_mb()));
+    if args.json {
+        let object: serde_json::Map<String, serde_json::Value> = results
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::json!((v * 10.0).round() / 10.0)))
+            .collect();
+        println!("{}", serde_json::Value::Object(object));
+    } else {
+        println!("backend {} ({} jobs, channels {})", db.backend().name(), args.jobs, channels);
+        for (k, v) in &results {
+            let unit = if k.ends_with("_ms") {
+                "ms"
+            } else if k.ends_with("_mb") {
+                "MiB"
+            } else {
+                "jobs/s"
+            };
+            println!("{k:<26} {v:>12.1} {unit}");
+        }
+    }
+    drop(db);
+    drop(scratch);
+    Ok(())
+}
+
+fn enqueue_noops(db: &Database, n: usize) -> Res<()> {
+    db.transaction(Context::new(), |_| {
+        queue_diesel::bulk(|| {
+            for _ in 0..n {
+                Item::queue().noop(NoRecords)?;
+            }
+            Ok(())
+        })
+    })?;
+    Ok(())
+}
+
+fn clear(db: &Database) -> Res<()> {
+    db.conn()?.batch("DELETE FROM queue_job; DELETE FROM bench_write; DELETE FROM bench_raw;")?;
+    Ok(())
+}
+
+fn done(db: &Database) -> Res<i64> {
+    Ok(db.conn()?.job_count_by_state()?.into_iter().find(|(s, _)| *s == JobState::Done).map_or(0, |(_, n)| n))
+}
+
+/// Run a worker until `n` more jobs are done; jobs/s.
+fn process(db: &Database, channels: &queue_diesel::ChannelConfig, n: usize) -> Res<f64> {
+    let before = done(db)?;
+    let worker =
+        Worker::new(db.clone(), WorkerConfig { channels: channels.clone(), ..WorkerConfig::default() })?;
+    let shutdown = Shutdown::new();
+    let start = Instant::now();
+    let elapsed = std::thread::scope(|s| -> Res<Duration> {
+        let run = s.spawn(|| worker.run(&shutdown));
+        while done(db)? < before + n as i64 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let elapsed = start.elapsed();
+        shutdown.trigger();
+        run.join().map_err(|_| "worker panicked")??;
+        Ok(elapsed)
+    })?;
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+fn latency(db: &Database, channels: &queue_diesel::ChannelConfig, n: usize) -> Res<(f64, f64, f64)> {
+    *STARTED.lock().unwrap_or_else(|p| p.into_inner()) = Some(HashMap::new());
+    let worker =
+        Worker::new(db.clone(), WorkerConfig { channels: channels.clone(), ..WorkerConfig::default() })?;
+    let shutdown = Shutdown::new();
+    let mut samples = Vec::with_capacity(n);
+    std::thread::scope(|s| -> Res<()> {
+        let run = s.spawn(|| worker.run(&shutdown));
+        std::thread::sleep(Duration::from_millis(300));
+        for mark in 0..n as i64 {
+            db.transaction(Context::new(), |_| Item::queue().mark(NoRecords, mark))?;
+            let committed = Instant::now();
+            let deadline = committed + Duration::from_secs(30);
+            loop {
+                let started = STARTED
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .and_then(|m| m.get(&mark).copied());
+                if let Some(at) = started {
+                    samples.push(at.saturating_duration_since(committed).as_secs_f64() * 1000.0);
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("job {mark} did not start within 30 s").into());
+                }
+                std::thread::yield_now();
+            }
+            // Let the worker go idle again.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        shutdown.trigger();
+        run.join().map_err(|_| "worker panicked")??;
+        Ok(())
+    })?;
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    Ok((at(0.5), at(0.99), samples.last().copied().unwrap_or(0.0)))
+}
+
+fn raw_fill(db: &Database, n: usize) -> Res<()> {
+    let mut conn = db.conn()?;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let values: Vec<String> = chunk.iter().map(|i| format!("('pending', 'job {i}')")).collect();
+        conn.batch(&format!("INSERT INTO bench_raw (state, payload) VALUES {}", values.join(", ")))?;
+    }
+    Ok(())
+}
+
+/// Multi-row INSERT of 100 per transaction; rows/s.
+fn raw_insert_bulk(db: &Database, n: usize) -> Res<f64> {
+    let start = Instant::now();
+    raw_fill(db, n)?;
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Claim `batch` rows and complete them, one transaction each, until none is left; rows/s.
+fn raw_claim_complete(db: &Database, batch: usize) -> Res<f64> {
+    let mut conn = db.conn()?;
+    let lock = if db.backend() == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
+    let begin = if db.backend() == Backend::Postgres { "BEGIN" } else { "BEGIN IMMEDIATE" };
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+    }
+    let start = Instant::now();
+    let mut total = 0usize;
+    loop {
+        conn.batch(begin)?;
+        let sql = format!(
+            "UPDATE bench_raw SET state = 'started' WHERE id IN (SELECT id FROM bench_raw WHERE state = 'pending' ORDER BY id LIMIT {batch}{lock}) RETURNING id"
+        );
+        let ids: Vec<Id> = match &mut *conn {
+            queue_diesel::AnyConnection::Sqlite(c) => diesel::sql_query(sql).load(c)?,
+            queue_diesel::AnyConnection::Postgres(c) => diesel::sql_query(sql).load(c)?,
+        };
+        if ids.is_empty() {
+            conn.batch("COMMIT")?;
+            break;
+        }
+        let list: Vec<String> = ids.iter().map(|i| i.id.to_string()).collect();
+        conn.batch(&format!("UPDATE bench_raw SET state = 'done' WHERE id IN ({}); COMMIT", list.join(",")))?;
+        total += ids.len();
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Insert `n` finished jobs in a few statements.
+fn fill_history(db: &Database, n: usize) -> Res<()> {
+    let mut conn = db.conn()?;
+    let sql = match db.backend() {
+        Backend::Postgres => format!(
+            "INSERT INTO queue_job (uuid, state, func, model, date_created, date_done, attempts, max_retries, description)
+             SELECT md5(random()::text || g::text), 'done', 'bench.item.noop', 'bench.item', now(), now(), 1, 5, 'history'
+             FROM generate_series(1, {n}) g; ANALYZE queue_job;"
+        ),
+        Backend::Sqlite => format!(
+            "WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < {n})
+             INSERT INTO queue_job (uuid, state, func, model, date_created, date_done, attempts, max_retries, description)
+             SELECT 'history-' || i, 'done', 'bench.item.noop', 'bench.item', '2026-01-01 00:00:00', '2026-01-01 00:00:00', 1, 5, 'history' FROM g;
+             ANALYZE;"
+        ),
+    };
+    conn.batch(&sql)?;
+    Ok(())
+}
+
+/// Peak resident memory of this process (Linux), in MiB.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
