@@ -210,9 +210,25 @@ pub struct Counter {
 
 #[queueable]
 impl Counter {
-    /// Add one to the counter and record the job's effect, in the job's transaction.
+    /// Add one to the counter and record the job's effect, in the job's transaction. On
+    /// PostgreSQL it also takes a transaction lock named after the job: finding it taken means
+    /// another worker is running the same job at this moment, and fails the job (SQLite runs one
+    /// job at a time by construction).
     pub fn bump(records: Vec<Counter>, env: &Env) -> JobResult {
         let job = env.job_id().map(|id| id.to_string()).unwrap_or_default();
+        if let queue_diesel::AnyConnection::Postgres(c) = &mut *env.conn() {
+            #[derive(QueryableByName)]
+            struct Free {
+                #[diesel(sql_type = diesel::sql_types::Bool)]
+                free: bool,
+            }
+            let lock: Free = diesel::sql_query("SELECT pg_try_advisory_xact_lock(hashtext($1)) AS free")
+                .bind::<diesel::sql_types::Text, _>(&job)
+                .get_result(c)?;
+            if !lock.free {
+                return Err(JobError::failed("Overlap", format!("job {job} runs on two workers at once")));
+            }
+        }
         for counter in &records {
             diesel::update(chaos_counter::table.find(counter.id))
                 .set(chaos_counter::n.eq(chaos_counter::n + 1))

@@ -207,3 +207,31 @@ impl<T: JobOutput, E: Into<JobError>> JobReturn for Result<T, E> {
         self.map(JobOutput::into_result).map_err(Into::into)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn never(_: &Env, _: &Invocation<'_>) -> JobResult<Option<String>> {
+        Ok(None)
+    }
+
+    #[test]
+    fn unusable_declared_settings_are_named() {
+        let bad_pattern = FunctionDefaults { retry_pattern: Some("1:x"), ..FunctionDefaults::default() };
+        let f = JobFunction::new("res.partner", "export", bad_pattern, never);
+        let problem = f.check().expect("refused");
+        assert!(problem.starts_with("job function res.partner.export: invalid retry pattern"), "{problem}");
+        let bad_timeout = FunctionDefaults { timeout: Some("soon"), ..FunctionDefaults::default() };
+        let f = JobFunction::new("res.partner", "export", bad_timeout, never);
+        assert!(f.check().expect("refused").contains("timeout"), "refused");
+        let fine = FunctionDefaults {
+            retry_pattern: Some("1:10"),
+            timeout: Some("5m"),
+            ..FunctionDefaults::default()
+        };
+        let f = JobFunction::new("res.partner", "export", fine, never);
+        assert_eq!(f.check(), None);
+        assert_eq!(f.timeout(), Some(std::time::Duration::from_secs(300)));
+    }
+}
