@@ -1,6 +1,8 @@
 //! Chaos test: jobs that each add one to a counter, several worker processes, one of them
 //! killed with SIGKILL every second or two and started again. At the end every job must be
-//! done, the counter must equal the number of jobs, and no job's effect may have committed twice.
+//! done, the counter must equal the number of jobs, no job's effect may have committed twice, and
+//! no job may have run on two workers at once (a run that finds its job's lock taken fails the
+//! job, which counts as a double effect).
 //!
 //! ```text
 //! cargo run -p queue-tests --bin chaos -- --backend postgres --jobs 5000 --workers 3
