@@ -89,4 +89,9 @@ fn worker_binary_runs_jobs_and_stops_on_sigterm() {
         stdout.contains("res.partner.export") && stdout.contains("exported 1 partner(s) to bin"),
         "{stdout}"
     );
+    drop(db);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{url}{suffix}"));
+    }
+    let _ = std::fs::remove_dir_all(format!("{url}.workers"));
 }
