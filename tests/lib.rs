@@ -355,6 +355,7 @@ impl Drop for TestDb {
                 for suffix in ["", "-wal", "-shm"] {
                     let _ = std::fs::remove_file(format!("{path}{suffix}"));
                 }
+                let _ = std::fs::remove_dir_all(format!("{path}.workers"));
             }
             Cleanup::PgDatabase { admin_url, name } => {
                 if let Ok(mut admin) = PgConnection::establish(admin_url) {

@@ -26,9 +26,21 @@ fn temp_db(name: &str) -> String {
     path
 }
 
+/// Removes a test database when dropped.
+struct Remove(String);
+
+impl Drop for Remove {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.0));
+        }
+    }
+}
+
 #[test]
 fn run_refuses_without_job_functions() {
     let db = temp_db("run");
+    let _remove = Remove(db.clone());
     let (ok, _, err) = queue_worker(&db, &["run"]);
     assert!(!ok);
     assert!(err.contains("no job function is registered in this binary"), "{err}");
@@ -38,6 +50,7 @@ fn run_refuses_without_job_functions() {
 #[test]
 fn migrate_then_list_show_and_count() {
     let db = temp_db("jobs");
+    let _remove = Remove(db.clone());
     let (ok, out, err) = queue_worker(&db, &["migrate"]);
     assert!(ok, "{err}");
     assert!(out.contains("queue schema is up to date"), "{out}");
@@ -60,6 +73,7 @@ fn migrate_then_list_show_and_count() {
 #[test]
 fn bad_configuration_is_refused_with_the_bad_token() {
     let db = temp_db("config");
+    let _remove = Remove(db.clone());
     let (ok, _, err) = queue_worker(&db, &["run", "--channels", "root:4,root.export:0"]);
     assert!(!ok);
     assert!(err.contains(r#"expected channel capacity > 0 in "root.export:0", got "0""#), "{err}");
