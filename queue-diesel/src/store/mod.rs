@@ -898,8 +898,17 @@ mod claim {
             sql.bind(Bind::Text(p.worker_id.into()));
             sql.push(", lease_token = ");
             sql.bind(Bind::Text(p.lease_token.into()));
-            sql.push(" WHERE id IN (SELECT id FROM queue_job WHERE state = ");
-            sql.bind(Bind::Text(JobState::Pending.as_str().into()));
+            // The state is written out, not bound: the planner must see `state = 'pending'` to use
+            // the partial index of claimable rows (SQLite never matches a partial index against a
+            // bound parameter), or every claim sorts the whole backlog.
+            // SQLite's planner prefers the plain state index and sorts the whole backlog; the
+            // claimable index gives the rows in claim order and stops at the limit.
+            let index = if backend == Backend::Sqlite && p.uuids.is_none() {
+                " INDEXED BY queue_job_claimable"
+            } else {
+                ""
+            };
+            sql.push(&format!(" WHERE id IN (SELECT id FROM queue_job{index} WHERE state = 'pending'"));
             if !p.ignore_eta {
                 sql.push(" AND (eta IS NULL OR eta <= ");
                 sql.bind(Bind::Time(now));
