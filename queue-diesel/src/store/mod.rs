@@ -918,30 +918,10 @@ mod claim {
                 sql.push_channel_filter(filter);
             }
             if let Some(uuids) = p.uuids {
-                sql.push(" AND uuid IN (");
-                for (i, uuid) in uuids.iter().enumerate() {
-                    if i > 0 {
-                        sql.push(", ");
-                    }
-                    sql.bind(Bind::Text(uuid.clone()));
-                }
-                if uuids.is_empty() {
-                    sql.push("NULL");
-                }
-                sql.push(")");
+                sql.push_in("uuid", uuids.iter().map(String::as_str));
             }
             if let Some(funcs) = p.funcs {
-                sql.push(" AND func IN (");
-                for (i, func) in funcs.iter().enumerate() {
-                    if i > 0 {
-                        sql.push(", ");
-                    }
-                    sql.bind(Bind::Text((*func).to_owned()));
-                }
-                if funcs.is_empty() {
-                    sql.push("NULL");
-                }
-                sql.push(")");
+                sql.push_in("func", funcs.iter().copied());
             }
             // The same expression as the index queue_job_claimable.
             sql.push(" ORDER BY priority, COALESCE(expected_at, eta, date_created), id LIMIT ");
@@ -996,23 +976,30 @@ mod claim {
             sql.push(" AND date_started < ");
             sql.bind(Bind::Time(p.cutoff.naive_utc()));
             if let Some(dead) = p.dead_workers {
-                sql.push(" AND worker_id IN (");
-                for (i, worker) in dead.iter().enumerate() {
-                    if i > 0 {
-                        sql.push(", ");
-                    }
-                    sql.bind(Bind::Text(worker.clone()));
-                }
-                if dead.is_empty() {
-                    sql.push("NULL");
-                }
-                sql.push(")");
+                sql.push_in("worker_id", dead.iter().map(String::as_str));
             }
             if backend == Backend::Postgres {
                 sql.push(" FOR UPDATE SKIP LOCKED");
             }
             sql.push(") RETURNING id, state");
             sql
+        }
+
+        /// ` AND column IN (…)` with one bound value each; an empty list matches nothing.
+        fn push_in<'v>(&mut self, column: &str, values: impl Iterator<Item = &'v str>) {
+            self.push(&format!(" AND {column} IN ("));
+            let mut any = false;
+            for value in values {
+                if any {
+                    self.push(", ");
+                }
+                self.bind(Bind::Text(value.to_owned()));
+                any = true;
+            }
+            if !any {
+                self.push("NULL");
+            }
+            self.push(")");
         }
 
         /// Jobs of `filter.node` and its sub-channels, less the excluded sub-channels.
