@@ -398,6 +398,29 @@ pub fn claim_any(
     .expect("claim")
 }
 
+/// End a claimed job as `state` under `lease`, as a worker would; false when the lease is gone.
+pub fn finish_as(
+    conn: &mut queue_diesel::AnyConnection,
+    id: i64,
+    lease: &str,
+    state: queue_diesel::JobState,
+) -> bool {
+    use queue_diesel::store::{FinishParams, Store};
+    let now = chrono::Utc::now();
+    let eta = (state == queue_diesel::JobState::Pending).then_some(now);
+    conn.job_finish(&FinishParams {
+        id,
+        lease_token: lease,
+        state,
+        result: None,
+        exc: None,
+        eta,
+        uncount_attempt: false,
+        now,
+    })
+    .expect("finish")
+}
+
 /// Wait until `done` holds, up to `limit`; false if it never did.
 pub fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let start = Instant::now();

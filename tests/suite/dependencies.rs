@@ -137,7 +137,6 @@ fn without_worker_a_chain_runs_after_commit(t: TestDb) {
 }
 
 fn a_child_added_while_its_parent_runs_is_released(t: TestDb) {
-    use queue_diesel::store::{FinishParams, Store};
     let list = t.partners(&["ada"]);
     let parent = t.db.transaction(Context::new(), |_| Partner::queue().export(&list, "p".into())).expect("q");
     let mut conn = t.db.conn().expect("conn");
@@ -148,18 +147,7 @@ fn a_child_added_while_its_parent_runs_is_released(t: TestDb) {
         t.db.transaction(Context::new(), |_| Partner::queue().depends_on(&parent).export(&list, "c".into()));
     let child = child.expect("queued");
     assert_eq!(state(&t, &child), JobState::WaitDependencies);
-    let finished = conn
-        .job_finish(&FinishParams {
-            id: rows[0].id,
-            lease_token: "lease",
-            state: JobState::Done,
-            result: None,
-            exc: None,
-            eta: None,
-            uncount_attempt: false,
-            now: chrono::Utc::now(),
-        })
-        .expect("finish");
+    let finished = queue_tests::finish_as(&mut conn, rows[0].id, "lease", JobState::Done);
     assert!(finished);
     assert_eq!(state(&t, &child), JobState::Pending, "released although the claimed row did not know it");
 }

@@ -1,8 +1,6 @@
 //! Operator actions: requeue, cancel, set done.
 
-use chrono::Utc;
 use queue_diesel::prelude::*;
-use queue_diesel::store::{FinishParams, Store};
 use queue_diesel::{Error, JobState, OperatorAction, Worker, WorkerConfig};
 use queue_tests::{Partner, TestDb, backend_tests, claim_any};
 
@@ -62,18 +60,7 @@ fn cancelling_a_running_job_discards_its_outcome(t: TestDb) {
     let mut conn = t.db.conn().expect("conn");
     let rows = claim_any(&mut conn, "lease", 1);
     assert_eq!(t.db.job_action(&id, OperatorAction::Cancel).expect("cancelled").state, JobState::Cancelled);
-    let finished = conn
-        .job_finish(&FinishParams {
-            id: rows[0].id,
-            lease_token: "lease",
-            state: JobState::Done,
-            result: None,
-            exc: None,
-            eta: None,
-            uncount_attempt: false,
-            now: Utc::now(),
-        })
-        .expect("finish");
+    let finished = queue_tests::finish_as(&mut conn, rows[0].id, "lease", JobState::Done);
     assert!(!finished, "the running worker cannot store its outcome");
     assert_eq!(t.db.job(&id).expect("job").state, JobState::Cancelled);
 }

@@ -171,7 +171,6 @@ fn identity_key_holds_under_concurrent_enqueues(t: TestDb) {
 }
 
 fn a_retried_job_does_not_hold_its_identity_key(t: TestDb) {
-    use queue_diesel::store::{FinishParams, Store};
     let list = t.partners(&["ada"]);
     let queue = || {
         t.db.transaction(Context::new(), |_| Partner::queue().identity_key("sync").export(&list, "x".into()))
@@ -184,18 +183,7 @@ fn a_retried_job_does_not_hold_its_identity_key(t: TestDb) {
     let second = queue();
     assert!(!second.existing(), "a job that has started does not hold its key");
     // The first comes back for a retry while the second waits: both wait, no conflict.
-    let retried = conn
-        .job_finish(&FinishParams {
-            id: rows[0].id,
-            lease_token: "lease",
-            state: JobState::Pending,
-            result: None,
-            exc: None,
-            eta: Some(Utc::now()),
-            uncount_attempt: false,
-            now: Utc::now(),
-        })
-        .expect("no unique violation");
+    let retried = queue_tests::finish_as(&mut conn, rows[0].id, "lease", JobState::Pending);
     assert!(retried);
     assert_eq!(t.db.job(&first.uuid()).expect("job").state, JobState::Pending);
     assert!(queue().existing(), "the second, never started, holds the key");

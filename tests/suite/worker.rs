@@ -77,51 +77,42 @@ fn notify_or_poll_wakes_an_idle_worker(t: TestDb) {
     });
 }
 
-fn shutdown_waits_for_running_jobs(t: TestDb) {
+/// Queue a job that runs `millis`, start a worker with `grace`, stop it once the job started.
+fn stop_while_running(
+    t: &TestDb,
+    millis: u64,
+    grace: Duration,
+) -> (JobId, queue_diesel::worker::WorkerStats) {
     let list = t.partners(&["ada"]);
     let id =
-        t.db.transaction(Context::new(), |_| Partner::queue().slow_export(&list, key(), 400))
+        t.db.transaction(Context::new(), |_| Partner::queue().slow_export(&list, key(), millis))
             .expect("q")
             .uuid();
-    let config = WorkerConfig { grace_period: Duration::from_secs(30), ..WorkerConfig::default() };
+    let config = WorkerConfig { grace_period: grace, ..WorkerConfig::default() };
     let worker = Worker::new(t.db.clone(), config).expect("worker");
     let shutdown = Shutdown::new();
-    std::thread::scope(|s| {
+    let stats = std::thread::scope(|s| {
         let _stop = StopOnDrop(&shutdown);
         let run = s.spawn(|| worker.run(&shutdown));
-        assert!(wait_for(Duration::from_secs(10), || t
-            .db
-            .job(&id)
-            .is_ok_and(|j| j.state == JobState::Started)));
+        let started = || t.db.job(&id).is_ok_and(|j| j.state == JobState::Started);
+        assert!(wait_for(Duration::from_secs(10), started));
         shutdown.trigger();
-        let stats = run.join().expect("no panic").expect("clean stop");
-        assert_eq!((stats.finished, stats.released), (1, 0));
+        run.join().expect("no panic").expect("clean stop")
     });
+    (id, stats)
+}
+
+fn shutdown_waits_for_running_jobs(t: TestDb) {
+    let (id, stats) = stop_while_running(&t, 400, Duration::from_secs(30));
+    assert_eq!((stats.finished, stats.released), (1, 0));
     assert_eq!(t.db.job(&id).expect("job").state, JobState::Done, "finished within the grace period");
 }
 
 fn shutdown_after_grace_gives_running_jobs_back(t: TestDb) {
-    let list = t.partners(&["ada"]);
-    let id =
-        t.db.transaction(Context::new(), |_| Partner::queue().slow_export(&list, key(), 1500))
-            .expect("q")
-            .uuid();
-    let config = WorkerConfig { grace_period: Duration::from_millis(100), ..WorkerConfig::default() };
-    let worker = Worker::new(t.db.clone(), config).expect("worker");
-    let shutdown = Shutdown::new();
-    std::thread::scope(|s| {
-        let _stop = StopOnDrop(&shutdown);
-        let run = s.spawn(|| worker.run(&shutdown));
-        assert!(wait_for(Duration::from_secs(10), || t
-            .db
-            .job(&id)
-            .is_ok_and(|j| j.state == JobState::Started)));
-        shutdown.trigger();
-        // On PostgreSQL the run's session is ended and the job given back at once; on SQLite
-        // the release waits for the body (one writer), whose transaction then rolls back.
-        let stats = run.join().expect("no panic").expect("clean stop");
-        assert_eq!(stats.released, 1);
-    });
+    // On PostgreSQL the run's session is ended and the job given back at once; on SQLite the
+    // release waits for the body (one writer), whose transaction then rolls back.
+    let (id, stats) = stop_while_running(&t, 1500, Duration::from_millis(100));
+    assert_eq!(stats.released, 1);
     let job = t.db.job(&id).expect("job");
     assert_eq!(job.state, JobState::Pending, "given back for another worker");
     assert_eq!(job.attempts, 0, "the interrupted try does not count");
