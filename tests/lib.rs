@@ -55,6 +55,11 @@ fn running(key: &str, delta: isize) {
     entry.2 = entry.2.max(entry.1);
 }
 
+/// The `slow_export` jobs of `key` running now.
+pub fn running_now(key: &str) -> usize {
+    RUNNING.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(k, _, _)| k == key).map_or(0, |e| e.1)
+}
+
 /// The most `slow_export` jobs of `key` seen running at once.
 pub fn max_running(key: &str) -> usize {
     RUNNING.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(k, _, _)| k == key).map_or(0, |e| e.2)
@@ -165,6 +170,15 @@ impl Partner {
     /// Sleeps while counting how many of `key` run at once (for channel capacity tests).
     #[job(channel = "root.slow")]
     pub fn slow_export(_records: Vec<Partner>, key: String, millis: u64) -> JobResult {
+        running(&key, 1);
+        std::thread::sleep(Duration::from_millis(millis));
+        running(&key, -1);
+        Ok(())
+    }
+
+    /// `slow_export`, each job alone in its own transaction under a lease.
+    #[job(channel = "root.slow", isolated)]
+    pub fn slow_export_alone(_records: Vec<Partner>, key: String, millis: u64) -> JobResult {
         running(&key, 1);
         std::thread::sleep(Duration::from_millis(millis));
         running(&key, -1);

@@ -156,6 +156,10 @@ pub struct FunctionDefaults {
     pub retry_pattern: Option<&'static str>,
     /// Longest a run may take (`"5m"`); checked when the registry is built.
     pub timeout: Option<&'static str>,
+    /// Run each job alone in its own transaction, never in a batch with other jobs: a job whose
+    /// effects outside the database must not repeat (a batch runs its jobs again when one of them
+    /// fails), or that runs long and should show as `started` while it does.
+    pub isolated: bool,
 }
 
 /// Options set on one call through the delayable builder (`Model::queue().priority(30)…`).
@@ -319,6 +323,7 @@ mod tests {
             description: Some("Export partners"),
             retry_pattern: None,
             timeout: None,
+            isolated: false,
         };
         let from_function = JobOptions::default().resolve(&defaults, "m.f", now()).expect("ok");
         assert_eq!(from_function.channel, "root.export");

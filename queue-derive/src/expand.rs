@@ -134,6 +134,7 @@ pub fn queueable(q: &Queueable) -> TokenStream {
         let max_retries = opt_int(&method.job.max_retries);
         let retry_pattern = opt_str(&method.job.retry_pattern);
         let timeout = opt_str(&method.job.timeout);
+        let isolated = method.job.isolated;
         let description = match (&method.job.description, &method.doc) {
             (Some(lit), _) => quote!(::core::option::Option::Some(#lit)),
             (None, Some(doc)) => quote!(::core::option::Option::Some(#doc)),
@@ -147,6 +148,7 @@ pub fn queueable(q: &Queueable) -> TokenStream {
                 description: #description,
                 retry_pattern: #retry_pattern,
                 timeout: #timeout,
+                isolated: #isolated,
             }
         };
         let mut call_args = Vec::new();

@@ -156,6 +156,7 @@ pub struct JobAttr {
     pub description: Option<LitStr>,
     pub retry_pattern: Option<LitStr>,
     pub timeout: Option<LitStr>,
+    pub isolated: bool,
 }
 
 /// One parameter of a job method after the records.
@@ -180,7 +181,7 @@ pub struct Queueable {
     pub krate: Path,
 }
 
-const JOB_KEYS: &str = "channel, priority, max_retries, description, retry_pattern, timeout";
+const JOB_KEYS: &str = "channel, priority, max_retries, description, retry_pattern, timeout, isolated";
 
 /// Check a duration literal (`"30s"`, `"5m"`, `"1h30m"`) the way `queue_core` parses it.
 fn valid_duration(text: &str) -> bool {
@@ -229,6 +230,16 @@ fn parse_job_attr(attr: &Attribute, errors: &mut Errors) -> JobAttr {
     // Each bad option is reported and skipped, so one pass shows them all.
     let parsed = attr.parse_nested_meta(|meta| {
         let key = meta.path.to_token_stream().to_string();
+        // A flag: `isolated` alone, or `isolated = true|false`.
+        if key == "isolated" {
+            if meta.input.peek(syn::Token![=]) {
+                let lit: syn::LitBool = meta.value()?.parse()?;
+                job.isolated = lit.value;
+            } else {
+                job.isolated = true;
+            }
+            return Ok(());
+        }
         let value: Expr = meta.value()?.parse()?;
         let string = || match &value {
             Expr::Lit(syn::ExprLit { lit: Lit::Str(s), .. }) => Ok(s.clone()),

@@ -193,6 +193,7 @@ impl DatabaseBuilder {
                 batch_size: self.batch_size,
                 max_args_bytes: self.max_args_bytes,
                 clock: self.clock,
+                wakers: std::sync::Mutex::new(Vec::new()),
             }),
         };
         if self.migrate {
@@ -218,7 +219,12 @@ struct Inner {
     batch_size: usize,
     max_args_bytes: usize,
     clock: Arc<dyn Clock>,
+    /// Workers of this process to wake when a transaction of this process queues jobs.
+    wakers: std::sync::Mutex<Vec<(u64, Waker)>>,
 }
+
+/// Wakes one worker.
+type Waker = Box<dyn Fn() + Send + Sync>;
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -283,6 +289,28 @@ impl Database {
     /// Most connections the pool opens.
     pub fn pool_size(&self) -> u32 {
         self.inner.pool.max_size()
+    }
+
+    /// Wake the workers of this process: jobs were just committed. (Other processes learn of
+    /// them through NOTIFY on PostgreSQL, or their next poll.)
+    pub(crate) fn wake(&self) {
+        for (_, wake) in self.inner.wakers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            wake();
+        }
+    }
+
+    /// Call `wake` whenever a transaction of this process queues jobs, until
+    /// [`Database::remove_waker`] with the returned number.
+    pub(crate) fn add_waker(&self, wake: impl Fn() + Send + Sync + 'static) -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.wakers.lock().unwrap_or_else(|p| p.into_inner()).push((id, Box::new(wake)));
+        id
+    }
+
+    /// Stop waking a worker.
+    pub(crate) fn remove_waker(&self, id: u64) {
+        self.inner.wakers.lock().unwrap_or_else(|p| p.into_inner()).retain(|(n, _)| *n != id);
     }
 
     /// True when a worker runs the jobs (they are not run after commit).

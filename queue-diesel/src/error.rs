@@ -97,6 +97,17 @@ pub enum Error {
         /// The depth found when the body returned.
         found: u32,
     },
+    /// A batch found fewer of its jobs than it had selected when it stored them `done`: the
+    /// batch was rolled back, its jobs stay `pending`.
+    #[error(
+        "a batch selected {expected} jobs but found {found} of them when storing them done; it was rolled back"
+    )]
+    BatchLost {
+        /// Jobs the batch ran.
+        expected: usize,
+        /// Jobs found.
+        found: usize,
+    },
     /// The job was taken over by another worker: its result was not committed.
     #[error("job {0} was taken over by another worker; its result was not committed")]
     LeaseLost(String),

@@ -65,6 +65,13 @@ impl JobFunction {
         self.defaults.timeout.and_then(|t| queue_core::options::parse_duration(t).ok())
     }
 
+    /// True when the function's jobs run alone, each in its own transaction under a lease:
+    /// declared `#[job(isolated)]`, or given a timeout (only a job alone in its transaction can
+    /// be cut off without taking other jobs down with it).
+    pub fn isolated(&self) -> bool {
+        self.defaults.isolated || self.defaults.timeout.is_some()
+    }
+
     /// Why the function's declared settings are unusable, if they are.
     fn check(&self) -> Option<String> {
         if let Some(pattern) = self.defaults.retry_pattern

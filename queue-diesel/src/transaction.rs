@@ -196,7 +196,7 @@ pub fn in_transaction() -> bool {
 }
 
 /// How many transactions and savepoints are open on `conn`.
-fn depth(conn: &mut AnyConnection) -> diesel::QueryResult<u32> {
+pub(crate) fn depth(conn: &mut AnyConnection) -> diesel::QueryResult<u32> {
     with_backend!(conn, c => AnsiTransactionManager::transaction_manager_status_mut(c)
         .transaction_depth()
         .map(|d| d.map_or(0, |d| d.get())))
@@ -283,8 +283,12 @@ where
             Ok((value, env.take_queued()))
         })
     })?;
-    if !queued.is_empty() && !db.worker_configured() {
-        crate::worker::executor::run_after_commit(db, &mut conn, queued);
+    if !queued.is_empty() {
+        if db.worker_configured() {
+            db.wake();
+        } else {
+            crate::worker::executor::run_after_commit(db, &mut conn, queued);
+        }
     }
     Ok(value)
 }

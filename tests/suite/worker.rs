@@ -5,13 +5,14 @@ use std::time::Duration;
 use queue_diesel::prelude::*;
 use queue_diesel::store::ListParams;
 use queue_diesel::{Backend, JobId, JobState, Shutdown, Worker, WorkerConfig};
-use queue_tests::{Partner, StopOnDrop, TestDb, backend_tests, max_running, wait_for};
+use queue_tests::{Partner, StopOnDrop, TestDb, backend_tests, max_running, running_now, wait_for};
 
 backend_tests!(
     channel_capacity_limits_concurrent_jobs,
     notify_or_poll_wakes_an_idle_worker,
     shutdown_waits_for_running_jobs,
     shutdown_after_grace_gives_running_jobs_back,
+    a_failing_job_leaves_the_rest_of_its_batch_whole,
     two_workers_never_run_a_job_twice,
     unusable_worker_settings_are_refused,
     a_database_restart_in_the_middle_of_a_run_loses_nothing,
@@ -77,25 +78,36 @@ fn notify_or_poll_wakes_an_idle_worker(t: TestDb) {
     });
 }
 
-/// Queue a job that runs `millis`, start a worker with `grace`, stop it once the job started.
+/// Queue a job that runs `millis` (alone under a lease, or in a batch), start a worker with
+/// `grace`, stop it once the job started.
 fn stop_while_running(
     t: &TestDb,
+    alone: bool,
     millis: u64,
     grace: Duration,
 ) -> (JobId, queue_diesel::worker::WorkerStats) {
     let list = t.partners(&["ada"]);
+    let key = key();
     let id =
-        t.db.transaction(Context::new(), |_| Partner::queue().slow_export(&list, key(), millis))
-            .expect("q")
-            .uuid();
+        t.db.transaction(Context::new(), |_| {
+            if alone {
+                Partner::queue().slow_export_alone(&list, key.clone(), millis)
+            } else {
+                Partner::queue().slow_export(&list, key.clone(), millis)
+            }
+        })
+        .expect("q")
+        .uuid();
     let config = WorkerConfig { grace_period: grace, ..WorkerConfig::default() };
     let worker = Worker::new(t.db.clone(), config).expect("worker");
     let shutdown = Shutdown::new();
     let stats = std::thread::scope(|s| {
         let _stop = StopOnDrop(&shutdown);
         let run = s.spawn(|| worker.run(&shutdown));
-        let started = || t.db.job(&id).is_ok_and(|j| j.state == JobState::Started);
-        assert!(wait_for(Duration::from_secs(10), started));
+        assert!(wait_for(Duration::from_secs(10), || running_now(&key) > 0), "the job started");
+        if alone {
+            assert_eq!(t.db.job(&id).expect("job").state, JobState::Started, "a leased job shows as started");
+        }
         shutdown.trigger();
         run.join().expect("no panic").expect("clean stop")
     });
@@ -103,25 +115,74 @@ fn stop_while_running(
 }
 
 fn shutdown_waits_for_running_jobs(t: TestDb) {
-    let (id, stats) = stop_while_running(&t, 400, Duration::from_secs(30));
-    assert_eq!((stats.finished, stats.released), (1, 0));
-    assert_eq!(t.db.job(&id).expect("job").state, JobState::Done, "finished within the grace period");
+    for alone in [true, false] {
+        let (id, stats) = stop_while_running(&t, alone, 400, Duration::from_secs(30));
+        assert_eq!((stats.finished, stats.released), (1, 0), "alone: {alone}");
+        assert_eq!(t.db.job(&id).expect("job").state, JobState::Done, "finished within the grace period");
+    }
 }
 
 fn shutdown_after_grace_gives_running_jobs_back(t: TestDb) {
     // On PostgreSQL the run's session is ended and the job given back at once; on SQLite the
-    // release waits for the body (one writer), whose transaction then rolls back.
-    let (id, stats) = stop_while_running(&t, 1500, Duration::from_millis(100));
-    assert_eq!(stats.released, 1);
-    let job = t.db.job(&id).expect("job");
-    assert_eq!(job.state, JobState::Pending, "given back for another worker");
-    assert_eq!(job.attempts, 0, "the interrupted try does not count");
-    // The abandoned run finishes later but cannot commit: its lease is gone.
-    std::thread::sleep(Duration::from_millis(1700));
-    assert_eq!(t.db.job(&id).expect("job").state, JobState::Pending);
-    let next = Worker::new(t.db.clone(), WorkerConfig::default()).expect("worker");
-    assert_eq!(next.run_until_idle().expect("runs"), 1);
-    assert_eq!(t.db.job(&id).expect("job").state, JobState::Done);
+    // release waits for the body (one writer), whose transaction then rolls back. A batch's jobs
+    // need no release: its transaction rolls back and they are `pending` as they were.
+    for alone in [true, false] {
+        let (id, stats) = stop_while_running(&t, alone, 1500, Duration::from_millis(100));
+        assert_eq!((stats.finished, stats.released), (0, u64::from(alone)), "alone: {alone}");
+        let job = t.db.job(&id).expect("job");
+        assert_eq!(job.state, JobState::Pending, "given back for another worker");
+        assert_eq!(job.attempts, 0, "the interrupted try does not count");
+        // The abandoned run finishes later but cannot commit: its lease or its batch is gone.
+        std::thread::sleep(Duration::from_millis(1700));
+        assert_eq!(t.db.job(&id).expect("job").state, JobState::Pending);
+        let next = Worker::new(t.db.clone(), WorkerConfig::default()).expect("worker");
+        assert_eq!(next.run_until_idle().expect("runs"), 1);
+        assert_eq!(t.db.job(&id).expect("job").state, JobState::Done);
+    }
+}
+
+fn a_failing_job_leaves_the_rest_of_its_batch_whole(t: TestDb) {
+    let list = t.partners(&["a", "b", "c", "d", "e", "f", "g", "h"]);
+    // One batch, in this order: each failure rolls the batch back, is stored on its job alone,
+    // and the jobs that had succeeded before it run again.
+    let ids: Vec<JobId> =
+        t.db.transaction(Context::new(), |_| {
+            let q = |p: i32| Partner::queue().priority(p);
+            Ok::<_, queue_diesel::Error>(vec![
+                q(1).export(&list[0], "x".into())?.uuid(),
+                q(2).export(&list[1], "x".into())?.uuid(),
+                q(3).write_then_fail(&list[2], "remote refused".into())?.uuid(),
+                q(4).explode(&list[3])?.uuid(),
+                q(5).give_up(&list[4])?.uuid(),
+                q(6).export(&list[5], "x".into())?.uuid(),
+                q(7).leaves_savepoint(&list[6])?.uuid(),
+                q(8).flaky(&list[7], 600)?.uuid(),
+            ])
+        })
+        .expect("queued");
+    let worker = Worker::new(t.db.clone(), WorkerConfig::default()).expect("worker");
+    let shutdown = Shutdown::new();
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&shutdown);
+        let run = s.spawn(|| worker.run(&shutdown));
+        let settled =
+            || ids.iter().all(|id| t.db.job(id).is_ok_and(|j| j.attempts == 1 && j.lease_token.is_none()));
+        assert!(wait_for(Duration::from_secs(20), settled), "every job ran once");
+        shutdown.trigger();
+        run.join().expect("no panic").expect("clean stop");
+    });
+    let job = |i: usize| t.db.job(&ids[i]).expect("job");
+    for i in [0, 1, 5] {
+        assert_eq!(job(i).state, JobState::Done);
+        assert_eq!(t.partner(list[i].id).expect("partner").exports, 1, "written exactly once");
+    }
+    assert_eq!((job(2).state, job(2).exc_name.as_deref()), (JobState::Failed, Some("ExportError")));
+    assert_ne!(t.partner(list[2].id).expect("partner").note, "written", "a failed job's writes roll back");
+    assert_eq!((job(3).state, job(3).exc_name.as_deref()), (JobState::Failed, Some("panic")));
+    assert_eq!(job(4).state, JobState::Cancelled);
+    assert_eq!((job(6).state, job(6).exc_name.as_deref()), (JobState::Failed, Some("QueueError")));
+    assert_ne!(t.partner(list[6].id).expect("partner").note, "leaked");
+    assert_eq!((job(7).state, job(7).exc_name.as_deref()), (JobState::Pending, Some("Retry")));
 }
 
 fn two_workers_never_run_a_job_twice(t: TestDb) {

@@ -199,6 +199,19 @@ pub struct FinishParams<'a> {
     pub now: DateTime<Utc>,
 }
 
+/// What [`Store::job_done_many`] takes.
+#[derive(Debug, Clone)]
+pub struct DoneParams<'a> {
+    /// Row ids of the jobs, each with the result its function returned.
+    pub jobs: &'a [(i64, Option<String>)],
+    /// Worker that ran them (stored on the rows).
+    pub worker_id: &'a str,
+    /// When the batch claimed them: stored as their start.
+    pub started: DateTime<Utc>,
+    /// Now.
+    pub now: DateTime<Utc>,
+}
+
 /// What [`Store::job_set_state`] takes: an operator's change, applied only if the job is still
 /// in the state it was seen in.
 #[derive(Debug, Clone)]
@@ -259,6 +272,17 @@ pub trait Store {
     ) -> Result<Vec<usize>>;
     /// Give back channel slots taken with [`Store::channel_slots_acquire`].
     fn channel_slots_release(&mut self, channel: &str, slots: &[usize]) -> Result<()>;
+    /// Inside a batch transaction: select up to `limit` claimable jobs in claim order and lock
+    /// them for the transaction, without changing them (`FOR UPDATE SKIP LOCKED` on PostgreSQL;
+    /// SQLite's write lock, taken by `BEGIN IMMEDIATE`, already excludes every other writer).
+    /// `lease_token` and `worker_id` are not used: the transaction is the claim.
+    fn job_claim_batch(&mut self, params: &ClaimParams<'_>) -> Result<Vec<JobRow>>;
+    /// Inside a batch transaction: mark the jobs selected by [`Store::job_claim_batch`] `done`,
+    /// their try counted, in one statement, then store the results of those that returned one
+    /// and release the children of those that had dependents.
+    fn job_done_many(&mut self, params: &DoneParams<'_>) -> Result<()>;
+    /// PostgreSQL backend pid of this connection (0 on SQLite).
+    fn backend_pid(&mut self) -> Result<i32>;
     /// Count jobs per state.
     fn job_count_by_state(&mut self) -> Result<Vec<(JobState, i64)>>;
     /// End a started job, only if `lease_token` still holds it. False when the lease was lost.
@@ -309,6 +333,78 @@ impl Store for AnyConnection {
             AnyConnection::Postgres(c) => postgres::load(c, &sql),
         }
         .map_err(Error::query("claim jobs"))
+    }
+
+    fn job_claim_batch(&mut self, params: &ClaimParams<'_>) -> Result<Vec<JobRow>> {
+        if params.limit <= 0 {
+            return Ok(Vec::new());
+        }
+        let sql = claim::Sql::select(params, self.backend());
+        match self {
+            AnyConnection::Sqlite(c) => sqlite::load(c, &sql),
+            AnyConnection::Postgres(c) => postgres::load(c, &sql),
+        }
+        .map_err(Error::query("claim a batch of jobs"))
+    }
+
+    fn job_done_many(&mut self, p: &DoneParams<'_>) -> Result<()> {
+        use queue_job::dsl;
+        if p.jobs.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = p.jobs.iter().map(|(id, _)| *id).collect();
+        let started = p.started.naive_utc();
+        let target =
+            dsl::queue_job.filter(dsl::id.eq_any(&ids)).filter(dsl::state.eq(JobState::Pending.as_str()));
+        let changes = (
+            dsl::state.eq(JobState::Done.as_str()),
+            dsl::attempts.eq(dsl::attempts + 1),
+            dsl::date_enqueued.eq(Some(started)),
+            dsl::date_started.eq(Some(started)),
+            dsl::date_done.eq(Some(p.now.naive_utc())),
+            dsl::worker_id.eq(Some(p.worker_id)),
+            dsl::lease_token.eq(None::<String>),
+            dsl::result.eq(None::<String>),
+            dsl::exc_name.eq(None::<String>),
+            dsl::exc_message.eq(None::<String>),
+            dsl::exc_info.eq(None::<String>),
+            dsl::eta.eq(None::<NaiveDateTime>),
+        );
+        let parents: Vec<i64> = with_backend!(self, c => diesel::update(target)
+            .set(changes)
+            .returning((dsl::id, dsl::has_dependents))
+            .load::<(i64, bool)>(c))
+        .map_err(Error::query("store a batch of done jobs"))
+        .and_then(|rows| {
+            // The batch holds these rows since it selected them: each must have been updated.
+            if rows.len() == ids.len() {
+                Ok(rows.into_iter().filter(|(_, parent)| *parent).map(|(id, _)| id).collect())
+            } else {
+                Err(Error::BatchLost { expected: ids.len(), found: rows.len() })
+            }
+        })?;
+        for (id, result) in p.jobs {
+            if let Some(result) = result {
+                let target = dsl::queue_job.filter(dsl::id.eq(*id));
+                with_backend!(self, c => diesel::update(target).set(dsl::result.eq(result)).execute(c))
+                    .map_err(Error::query("store a job's result"))?;
+            }
+        }
+        for id in parents {
+            self.job_dependents_settle(id, JobState::Done)?;
+        }
+        Ok(())
+    }
+
+    fn backend_pid(&mut self) -> Result<i32> {
+        use diesel::dsl::sql;
+        use diesel::sql_types::Integer;
+        match self {
+            AnyConnection::Sqlite(_) => Ok(0),
+            AnyConnection::Postgres(c) => diesel::select(sql::<Integer>("pg_backend_pid()"))
+                .get_result(c)
+                .map_err(Error::query("read the session's backend pid")),
+        }
     }
 
     fn job_claim_sequential(&mut self, p: &ClaimParams<'_>) -> Result<Vec<JobRow>> {
@@ -898,6 +994,22 @@ mod claim {
             sql.bind(Bind::Text(p.worker_id.into()));
             sql.push(", lease_token = ");
             sql.bind(Bind::Text(p.lease_token.into()));
+            sql.push(" WHERE id IN (");
+            sql.push_claimable(p, backend, "id");
+            sql.push(") RETURNING *");
+            sql
+        }
+
+        /// The claimable rows themselves, locked (PostgreSQL) but not changed: a batch's claim.
+        pub fn select(p: &ClaimParams<'_>, backend: Backend) -> Sql {
+            let mut sql = Sql { text: String::with_capacity(512), binds: Vec::new() };
+            sql.push_claimable(p, backend, "*");
+            sql
+        }
+
+        /// `SELECT columns` of the claimable rows `p` asks for, in claim order.
+        fn push_claimable(&mut self, p: &ClaimParams<'_>, backend: Backend, columns: &str) {
+            let now = p.now.naive_utc();
             // The state is written out, not bound: the planner must see `state = 'pending'` to use
             // the partial index of claimable rows (SQLite never matches a partial index against a
             // bound parameter), or every claim sorts the whole backlog.
@@ -908,29 +1020,27 @@ mod claim {
             } else {
                 ""
             };
-            sql.push(&format!(" WHERE id IN (SELECT id FROM queue_job{index} WHERE state = 'pending'"));
+            self.push(&format!("SELECT {columns} FROM queue_job{index} WHERE state = 'pending'"));
             if !p.ignore_eta {
-                sql.push(" AND (eta IS NULL OR eta <= ");
-                sql.bind(Bind::Time(now));
-                sql.push(")");
+                self.push(" AND (eta IS NULL OR eta <= ");
+                self.bind(Bind::Time(now));
+                self.push(")");
             }
             if let Some(filter) = p.channel {
-                sql.push_channel_filter(filter);
+                self.push_channel_filter(filter);
             }
             if let Some(uuids) = p.uuids {
-                sql.push_in("uuid", uuids.iter().map(String::as_str));
+                self.push_in("uuid", uuids.iter().map(String::as_str));
             }
             if let Some(funcs) = p.funcs {
-                sql.push_in("func", funcs.iter().copied());
+                self.push_in("func", funcs.iter().copied());
             }
             // The same expression as the index queue_job_claimable.
-            sql.push(" ORDER BY priority, COALESCE(expected_at, eta, date_created), id LIMIT ");
-            sql.bind(Bind::Int(p.limit));
+            self.push(" ORDER BY priority, COALESCE(expected_at, eta, date_created), id LIMIT ");
+            self.bind(Bind::Int(p.limit));
             if backend == Backend::Postgres {
-                sql.push(" FOR UPDATE SKIP LOCKED");
+                self.push(" FOR UPDATE SKIP LOCKED");
             }
-            sql.push(") RETURNING *");
-            sql
         }
 
         /// The head of a channel, in claim order: its unfinished jobs (waiting ones aside), for a

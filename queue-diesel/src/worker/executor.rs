@@ -1,9 +1,18 @@
-//! Run one claimed job: restore its environment, call its function in its own transaction, and
-//! store the outcome together with the job's writes, fenced by the claim's lease.
+//! Run jobs. Two paths:
+//!
+//! - **Batch** ([`run_batch`]): one transaction selects a batch of jobs, locks them, runs them
+//!   one after the other and marks them all `done` in one statement, then commits. The locks are
+//!   the claim: a crash rolls the whole batch back and its jobs are simply `pending` again. When a
+//!   job fails, the batch is rolled back, the failure is stored on that job alone, and the jobs
+//!   that had succeeded before it run again in a new batch.
+//! - **Lease** ([`run_claimed`]): a job claimed under a lease (committed `started`) runs in its
+//!   own transaction, which stores its outcome fenced by the lease. Jobs of isolated functions,
+//!   of functions with a timeout and of sequential channels take this path.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
 
 use queue_core::options::after_std;
 use queue_core::retry::delay_for;
@@ -13,8 +22,8 @@ use crate::connection::AnyConnection;
 use crate::database::Database;
 use crate::error::Error;
 use crate::function::{Invocation, JobFunction, registry};
-use crate::store::{ClaimParams, FinishParams, JobRow, Store};
-use crate::transaction::{Env, JobRun, in_transaction_on};
+use crate::store::{ChannelFilter, ClaimParams, DoneParams, FinishParams, JobRow, Store};
+use crate::transaction::{Env, JobRun, depth, in_transaction_on};
 
 /// How one run ended.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -284,6 +293,241 @@ fn store_verdict(
         Err(e) => {
             tracing::error!(job = %row.uuid, error = %chain(&e), "failed to store a job's outcome; it will be given back");
             RunOutcome::unsettled()
+        }
+    }
+}
+
+/// A run longer than this marks its function as long-running: the worker sends its later jobs
+/// down the lease path, where they show as `started` and hold no other job back.
+pub const LONG_RUN: Duration = Duration::from_secs(1);
+
+/// What one batch may take.
+#[derive(Debug, Clone)]
+pub(crate) struct BatchTicket {
+    /// Stored on the jobs as the worker that ran them.
+    pub worker_id: Arc<str>,
+    /// The channel (and sub-channels) to take jobs from.
+    pub channel: ChannelFilter,
+    /// The functions whose jobs may run in a batch.
+    pub funcs: Arc<Vec<&'static str>>,
+    /// At most this many jobs.
+    pub limit: usize,
+    /// No new job is started in the batch once it has run this long.
+    pub budget: Duration,
+}
+
+/// What a batch did.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BatchReport {
+    /// The batch left due jobs behind: it found as many as it could take, or stopped early
+    /// (its time ran out, or a job failed). False: the channel ran dry.
+    pub more: bool,
+    /// Jobs whose run ended and was stored: `done` in a batch, or a failure stored alone.
+    pub finished: usize,
+    /// Mean run time of the jobs the batch ran.
+    pub per_job: Option<Duration>,
+    /// Functions one of whose jobs ran longer than [`LONG_RUN`].
+    pub long: Vec<String>,
+    /// Jobs queued by the jobs of the batch.
+    pub queued: Vec<JobId>,
+}
+
+/// Why a batch's transaction did not commit.
+enum BatchAbort {
+    /// A job failed: the batch was rolled back. `ran` are the uuids of the jobs that had
+    /// succeeded before it, in order.
+    Failed {
+        ran: Vec<String>,
+        row: Box<JobRow>,
+        function: Option<&'static JobFunction>,
+        verdict: JobError,
+    },
+    /// The worker is stopping: everything goes back to `pending`.
+    Abandoned,
+    Library(Error),
+}
+
+impl From<Error> for BatchAbort {
+    fn from(e: Error) -> Self {
+        BatchAbort::Library(e)
+    }
+}
+
+/// Run a batch of jobs (see the module documentation). An `Err` is a database failure: the batch
+/// was rolled back and its jobs are `pending` as they were.
+pub(crate) fn run_batch(
+    db: &Database,
+    conn: &mut AnyConnection,
+    ticket: &BatchTicket,
+    control: &Arc<JobControl>,
+) -> Result<BatchReport, Error> {
+    let mut report = BatchReport::default();
+    let mut busy = Duration::ZERO;
+    let mut runs = 0u32;
+    // After a failure: the jobs to run again, by uuid.
+    let mut only: Option<Vec<String>> = None;
+    loop {
+        let started = db.now();
+        let clock = Instant::now();
+        let more = std::cell::Cell::new(false);
+        let ran = in_transaction_on::<_, BatchAbort>(conn, |conn| {
+            if let AnyConnection::Postgres(_) = conn {
+                control.pg_pid.store(conn.backend_pid()?, Ordering::SeqCst);
+            }
+            let level = depth(conn).map_err(Error::query("read the transaction depth"))?;
+            let rows = conn.job_claim_batch(&ClaimParams {
+                worker_id: &ticket.worker_id,
+                lease_token: "",
+                now: started,
+                limit: only.as_ref().map_or(ticket.limit, Vec::len) as i64,
+                channel: Some(&ticket.channel),
+                uuids: only.as_deref(),
+                funcs: Some(&ticket.funcs),
+                ignore_eta: only.is_some(),
+            })?;
+            more.set(only.is_none() && rows.len() as i64 >= ticket.limit as i64);
+            let mut done: Vec<(i64, Option<String>)> = Vec::with_capacity(rows.len());
+            let mut uuids = Vec::with_capacity(rows.len());
+            let mut queued = Vec::new();
+            for (i, row) in rows.iter().enumerate() {
+                if !done.is_empty() && clock.elapsed() >= ticket.budget {
+                    // The rest stay `pending`, unlocked at commit, for the next batch.
+                    more.set(true);
+                    break;
+                }
+                if control.is_cancelled() {
+                    return Err(BatchAbort::Abandoned);
+                }
+                let at = Instant::now();
+                let outcome = run_in_batch(db, conn, row, control, level);
+                let took = at.elapsed();
+                busy += took;
+                runs += 1;
+                if took >= LONG_RUN && !report.long.contains(&row.func) {
+                    report.long.push(row.func.clone());
+                }
+                match outcome {
+                    Ok((result, more)) => {
+                        done.push((row.id, result));
+                        uuids.push(row.uuid.clone());
+                        queued.extend(more);
+                    }
+                    Err((function, verdict)) => {
+                        if i + 1 < rows.len() {
+                            more.set(true);
+                        }
+                        return Err(BatchAbort::Failed {
+                            ran: uuids,
+                            row: Box::new(row.clone()),
+                            function,
+                            verdict,
+                        });
+                    }
+                }
+            }
+            if control.is_cancelled() {
+                return Err(BatchAbort::Abandoned);
+            }
+            conn.job_done_many(&DoneParams {
+                jobs: &done,
+                worker_id: &ticket.worker_id,
+                started,
+                now: db.now(),
+            })?;
+            Ok((done.len(), queued))
+        });
+        // The connection may serve other work now: it must not be ended for this batch.
+        control.pg_pid.store(0, Ordering::SeqCst);
+        report.more |= more.get();
+        report.per_job = (runs > 0).then(|| busy / runs);
+        match ran {
+            Ok((n, queued)) => {
+                report.finished += n;
+                report.queued.extend(queued);
+                return Ok(report);
+            }
+            Err(BatchAbort::Failed { ran, row, function, verdict }) => {
+                if store_alone(db, conn, &ticket.worker_id, &row, function, verdict) {
+                    report.finished += 1;
+                }
+                if ran.is_empty() {
+                    return Ok(report);
+                }
+                only = Some(ran);
+            }
+            Err(BatchAbort::Abandoned) => return Ok(report),
+            Err(BatchAbort::Library(e)) => return Err(e),
+        }
+    }
+}
+
+/// Run one job of a batch inside the batch's transaction: its result and the jobs it queued, or
+/// its function and failure verdict.
+#[allow(clippy::type_complexity)]
+fn run_in_batch(
+    db: &Database,
+    conn: &mut AnyConnection,
+    row: &JobRow,
+    control: &Arc<JobControl>,
+    level: u32,
+) -> Result<(Option<String>, Vec<JobId>), (Option<&'static JobFunction>, JobError)> {
+    let job = row.decode().map_err(|e| {
+        (None, JobError::Failed { name: "DecodeError".into(), message: e.to_string(), info: chain(&e) })
+    })?;
+    let Some(function) = registry().ok().and_then(|r| r.get(&job.func)) else {
+        let message = format!("job function {:?} is not registered in this binary", job.func);
+        return Err((None, JobError::failed("UnknownFunction", message)));
+    };
+    let run = JobRun { uuid: job.uuid, attempt: row.attempts + 1, control: Some(Arc::clone(control)) };
+    let outcome = Env::enter(conn, job.context, db.clone(), Some(run), |env| {
+        let inv = Invocation { func: function.name(), record_ids: &job.record_ids, args: &job.args };
+        catch_unwind(AssertUnwindSafe(|| (function.run)(env, &inv)))
+            .unwrap_or_else(|p| Err(panic_verdict(p)))
+            .map(|result| (result, env.take_queued()))
+    });
+    // A body that left a transaction open (or closed the batch's) cannot share the batch.
+    let found = depth(conn).unwrap_or(0);
+    if outcome.is_ok() && found != level {
+        let e = Error::TransactionDepth { expected: level, found };
+        let verdict =
+            JobError::Failed { name: "QueueError".into(), message: e.to_string(), info: String::new() };
+        return Err((Some(function), verdict));
+    }
+    outcome.map_err(|verdict| (Some(function), verdict))
+}
+
+/// Store the verdict of a job whose batch was rolled back, on that job alone: claim it under a
+/// lease (its try counted), then store the verdict fenced by the lease. False when the job was
+/// no longer `pending` (an operator acted meanwhile) or the database failed (it stays `pending`
+/// or is rescued).
+fn store_alone(
+    db: &Database,
+    conn: &mut AnyConnection,
+    worker_id: &str,
+    row: &JobRow,
+    function: Option<&JobFunction>,
+    verdict: JobError,
+) -> bool {
+    let lease = JobId::new().to_string();
+    let uuids = [row.uuid.clone()];
+    let claimed = conn.job_claim(&ClaimParams {
+        worker_id,
+        lease_token: &lease,
+        now: db.now(),
+        limit: 1,
+        channel: None,
+        uuids: Some(&uuids),
+        funcs: None,
+        ignore_eta: true,
+    });
+    match claimed {
+        Ok(rows) => match rows.first() {
+            Some(claimed) => store_verdict(db, conn, claimed, &lease, function, verdict).state.is_some(),
+            None => false,
+        },
+        Err(e) => {
+            tracing::warn!(job = %row.uuid, error = %chain(&e), "cannot store a failed job's outcome now; it stays pending and will run again");
+            false
         }
     }
 }

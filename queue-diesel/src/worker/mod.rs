@@ -1,9 +1,17 @@
-//! The worker: claims jobs under channel capacities, runs each on an executor thread in its own
-//! transaction, wakes on notifications or on a poll timer, and stops gracefully.
+//! The worker: runs jobs under channel capacities on executor threads, wakes on notifications or
+//! on a poll timer, and stops gracefully.
 //!
-//! One dispatcher thread claims; `root`'s capacity of executor threads run. The dispatcher counts
-//! running jobs per configured channel ([`queue_core::channel::ChannelLoad`]) and claims for a
-//! channel only as many jobs as it has free slots, so a claimed job never waits for a slot.
+//! One dispatcher thread hands out work; `root`'s capacity of executor threads run it. The
+//! dispatcher counts what runs per configured channel ([`queue_core::channel::ChannelLoad`]) and
+//! hands out no more than a channel's free slots. A unit of work is either
+//!
+//! - a **batch** (most jobs): the executor selects and locks up to a limit of jobs in one
+//!   transaction, runs them one after the other and stores them `done` together (see
+//!   [`executor`]). A batch takes one slot, since its jobs run one at a time. Its size adapts so
+//!   that it lasts about `batch_time`; or
+//! - a **leased job**: jobs of isolated functions, of functions with a timeout, of functions seen
+//!   to run long, and of sequential channels are claimed by the dispatcher (committed `started`)
+//!   and each run in its own transaction.
 
 pub mod executor;
 
@@ -26,6 +34,7 @@ use crate::function::{JobFunction, registry};
 use crate::maintenance::rescuer::{DEFAULT_RESCUE_GRACE, DEFAULT_RESCUE_INTERVAL};
 use crate::maintenance::{Rescuer, liveness};
 use crate::store::{ChannelFilter, ClaimParams, JobRow, Store};
+use executor::{BatchReport, BatchTicket};
 
 /// How often an idle worker looks for due jobs when nothing woke it (PostgreSQL).
 pub const DEFAULT_POLL_INTERVAL_POSTGRES: Duration = Duration::from_secs(1);
@@ -35,6 +44,13 @@ pub const DEFAULT_POLL_INTERVAL_SQLITE: Duration = Duration::from_millis(250);
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
 /// Longest pause after a failed claim (database down): doubles from 100 ms up to this.
 const MAX_CLAIM_BACKOFF: Duration = Duration::from_secs(10);
+/// Most jobs a batch transaction runs.
+pub const DEFAULT_BATCH_JOBS: usize = 500;
+/// How long a batch transaction runs jobs before it commits.
+pub const DEFAULT_BATCH_TIME: Duration = Duration::from_millis(50);
+/// What a job is assumed to take before any has run: the first batch holds
+/// `batch_time / this` jobs.
+const FIRST_GUESS_PER_JOB: Duration = Duration::from_millis(5);
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -51,6 +67,11 @@ pub struct WorkerConfig {
     pub rescue_interval: Duration,
     /// Jobs claimed less than this long ago are never rescued (their worker may not hold them yet).
     pub rescue_grace: Duration,
+    /// Most jobs one batch transaction runs (`QUEUE_BATCH_JOBS`); 0 runs every job alone, in
+    /// its own transaction under a lease.
+    pub batch_jobs: usize,
+    /// A batch starts no new job once it has run this long (`QUEUE_BATCH_MS`), then commits.
+    pub batch_time: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -62,12 +83,15 @@ impl Default for WorkerConfig {
             worker_id: default_worker_id(),
             rescue_interval: DEFAULT_RESCUE_INTERVAL,
             rescue_grace: DEFAULT_RESCUE_GRACE,
+            batch_jobs: DEFAULT_BATCH_JOBS,
+            batch_time: DEFAULT_BATCH_TIME,
         }
     }
 }
 
 impl WorkerConfig {
-    /// Read `QUEUE_CHANNELS`, `QUEUE_POLL_INTERVAL_MS` and `QUEUE_GRACE_PERIOD_SECS`.
+    /// Read `QUEUE_CHANNELS`, `QUEUE_POLL_INTERVAL_MS`, `QUEUE_GRACE_PERIOD_SECS`,
+    /// `QUEUE_BATCH_JOBS` and `QUEUE_BATCH_MS`.
     pub fn from_env() -> Result<Self> {
         let mut config = WorkerConfig::default();
         if let Ok(text) = std::env::var("QUEUE_CHANNELS") {
@@ -79,6 +103,14 @@ impl WorkerConfig {
         }
         if let Ok(text) = std::env::var("QUEUE_GRACE_PERIOD_SECS") {
             config.grace_period = Duration::from_secs(parse_positive(&text, "QUEUE_GRACE_PERIOD_SECS")?);
+        }
+        if let Ok(text) = std::env::var("QUEUE_BATCH_JOBS") {
+            config.batch_jobs = text.trim().parse().map_err(|_| {
+                Error::Config(format!("expected a whole number >= 0 in QUEUE_BATCH_JOBS, got {text:?}"))
+            })?;
+        }
+        if let Ok(text) = std::env::var("QUEUE_BATCH_MS") {
+            config.batch_time = Duration::from_millis(parse_positive(&text, "QUEUE_BATCH_MS")?);
         }
         Ok(config)
     }
@@ -105,18 +137,21 @@ pub fn default_worker_id() -> String {
 /// What the dispatcher reacts to.
 #[derive(Debug)]
 enum Event {
-    /// An executor is done with a job. `unsettled`: nothing could be stored, give it back.
-    Finished { id: i64, lease: String, unsettled: bool },
+    /// An executor is done with a unit of work. `unsettled`: a leased job whose outcome could
+    /// not be stored, to give back. `batch`: what a batch did (`Err`: it failed and rolled back).
+    Finished { flight: u64, unsettled: Option<(i64, String)>, batch: Option<Result<BatchReport, String>> },
     /// A job may have been queued.
     Wake,
     /// Stop claiming and shut down.
     Stop,
 }
 
-/// A job handed to an executor.
-struct Assignment {
-    row: JobRow,
-    control: Arc<JobControl>,
+/// Work handed to an executor.
+enum Assignment {
+    /// A job claimed under a lease.
+    Job { flight: u64, row: Box<JobRow>, control: Arc<JobControl> },
+    /// A batch to select and run.
+    Batch { flight: u64, ticket: BatchTicket, control: Arc<JobControl> },
 }
 
 /// The executor threads: how to start one more (to replace one stuck in a timed-out job).
@@ -137,25 +172,64 @@ impl Executors {
         std::thread::Builder::new()
             .name(format!("queue-exec-{}", self.started))
             .spawn(move || {
+                // Kept between units of work; dropped after a failure (the pool checks the next).
+                let mut held: Option<crate::database::PooledConn> = None;
                 loop {
                     let next = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                    let Ok(Assignment { row, control }) = next else { return };
-                    let lease = row.lease_token.clone().unwrap_or_default();
-                    // Job panics are caught inside; this catches the queue's own, so that the
-                    // slot and the job are always accounted for.
-                    let unsettled = match db.conn() {
-                        Ok(mut conn) => catch_unwind(AssertUnwindSafe(|| {
-                            executor::run_claimed_with(&db, &mut conn, &row, Some(Arc::clone(&control)))
-                        }))
-                        .map_or(true, |outcome| outcome.unsettled),
-                        Err(e) => {
-                            tracing::error!(job = %row.uuid, error = %executor::chain(&e), "no connection to run a job; it will be given back");
-                            true
+                    let Ok(assignment) = next else { return };
+                    if held.is_none() {
+                        match db.conn() {
+                            Ok(conn) => held = Some(conn),
+                            Err(e) => {
+                                tracing::error!(error = %executor::chain(&e), "no connection to run jobs")
+                            }
+                        }
+                    }
+                    let (flight, control, unsettled, batch) = match assignment {
+                        Assignment::Job { flight, row, control } => {
+                            let lease = row.lease_token.clone().unwrap_or_default();
+                            // Job panics are caught inside; this catches the queue's own, so that
+                            // the slot and the job are always accounted for.
+                            let outcome = held.as_mut().map(|conn| {
+                                catch_unwind(AssertUnwindSafe(|| {
+                                    executor::run_claimed_with(&db, conn, &row, Some(Arc::clone(&control)))
+                                }))
+                            });
+                            let unsettled = match outcome {
+                                Some(Ok(outcome)) => {
+                                    if !outcome.queued.is_empty() {
+                                        db.wake();
+                                    }
+                                    if outcome.state.is_none() {
+                                        held = None;
+                                    }
+                                    outcome.unsettled
+                                }
+                                _ => {
+                                    held = None;
+                                    true
+                                }
+                            };
+                            (flight, control, unsettled.then_some((row.id, lease)), None)
+                        }
+                        Assignment::Batch { flight, ticket, control } => {
+                            let report = match held.as_mut() {
+                                Some(conn) => catch_unwind(AssertUnwindSafe(|| {
+                                    executor::run_batch(&db, conn, &ticket, &control)
+                                }))
+                                .unwrap_or_else(|_| Err(Error::Config("the batch runner panicked".into())))
+                                .map_err(|e| executor::chain(&e)),
+                                None => Err("no connection".to_owned()),
+                            };
+                            if report.is_err() {
+                                held = None;
+                            }
+                            (flight, control, None, Some(report))
                         }
                     };
                     // Whether the worker expired the run first (then a new thread replaced this one).
                     let expired = !control.finish();
-                    if events.send(Event::Finished { id: row.id, lease, unsettled }).is_err() || expired {
+                    if events.send(Event::Finished { flight, unsettled, batch }).is_err() || expired {
                         return;
                     }
                 }
@@ -242,6 +316,9 @@ pub struct Worker {
     db: Database,
     config: WorkerConfig,
     functions: Vec<&'static str>,
+    /// Functions whose jobs run alone under a lease, and those whose jobs run in batches.
+    leased: Vec<&'static str>,
+    batched: Vec<&'static str>,
 }
 
 impl Worker {
@@ -266,7 +343,11 @@ impl Worker {
         if let Some(path) = db.sqlite_path() {
             liveness::hold(&path, &config.worker_id)?;
         }
-        Ok(Worker { db, config, functions })
+        let registry = registry()?;
+        let (leased, batched) = functions
+            .iter()
+            .partition(|name| config.batch_jobs == 0 || registry.get(name).is_none_or(JobFunction::isolated));
+        Ok(Worker { db, config, functions, leased, batched })
     }
 
     /// The functions this worker runs (jobs of other functions stay pending for a binary that
@@ -332,6 +413,10 @@ impl Worker {
         for _ in 0..self.config.channels.total_capacity() {
             executors.spawn()?;
         }
+        let wake_tx = Mutex::new(events_tx.clone());
+        let waker = self.db.add_waker(move || {
+            let _ = wake_tx.lock().unwrap_or_else(|p| p.into_inner()).send(Event::Wake);
+        });
         let stop_listener = Arc::new(AtomicBool::new(false));
         if self.db.backend() == Backend::Postgres {
             crate::notify::spawn_listener(
@@ -352,10 +437,13 @@ impl Worker {
         let mut state = Dispatch {
             executors: Some(executors),
             slots: Slots::for_database(&self.db),
+            leased: self.leased.clone(),
+            batched: Arc::new(self.batched.clone()),
             ..Dispatch::default()
         };
         let fatal = self.dispatch(shutdown, &events_rx, &jobs_tx, &mut state).err();
         stop_listener.store(true, Ordering::Relaxed);
+        self.db.remove_waker(waker);
         drop(jobs_tx);
         self.drain(&events_rx, &mut state);
         let stats = state.stats;
@@ -407,14 +495,13 @@ impl Worker {
             .collect();
         filters.sort_by_key(|f| std::cmp::Reverse(f.node.matches('.').count()));
         let poll = self.poll_interval();
-        let mut dry: HashSet<String> = HashSet::new();
         let mut last_poll = Instant::now();
         let rescuer = Rescuer::new(self.db.clone(), self.config.rescue_grace);
         let mut last_rescue = Instant::now();
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_triggered() {
             if last_poll.elapsed() >= poll {
-                dry.clear();
+                state.dry.clear();
                 last_poll = Instant::now();
             }
             if !state.unsettled.is_empty() {
@@ -426,7 +513,7 @@ impl Worker {
                     Ok(rescued) => {
                         state.stats.rescued += rescued.requeued + rescued.failed;
                         if rescued.requeued > 0 {
-                            dry.clear();
+                            state.dry.clear();
                         }
                     }
                     Err(e) => tracing::warn!(error = %executor::chain(&e), "rescue pass failed"),
@@ -434,72 +521,20 @@ impl Worker {
             }
             let mut failed = false;
             for filter in &filters {
-                let free = state.load.free(channels, &filter.node);
-                if free == 0 || dry.contains(&filter.node) {
-                    continue;
+                let sequential = channels.is_sequential(&filter.node);
+                let leased = if sequential { self.functions.clone() } else { state.leased.clone() };
+                if !leased.is_empty()
+                    && let Err(e) = self.claim_leased(filter, &leased, sequential, state, jobs)
+                {
+                    if matches!(e, Error::Config(_)) {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %executor::chain(&e), retry_in = ?backoff, "failed to claim jobs");
+                    failed = true;
+                    break;
                 }
-                // Slots shared with every worker: as many as this channel and each configured
-                // ancestor can spare.
-                let mut taken = state.slots.acquire(channels, &filter.node, free);
-                let want = taken.first().map_or(0, |(_, slots)| slots.len());
-                if want == 0 {
-                    continue;
-                }
-                let lease = JobId::new().to_string();
-                let params = ClaimParams {
-                    worker_id: &self.config.worker_id,
-                    lease_token: &lease,
-                    now: self.db.now(),
-                    limit: want as i64,
-                    channel: Some(filter),
-                    uuids: None,
-                    funcs: Some(&self.functions),
-                    ignore_eta: false,
-                };
-                let claimed = self.db.conn().and_then(|mut conn| {
-                    if channels.is_sequential(&filter.node) {
-                        conn.job_claim_sequential(&params)
-                    } else {
-                        conn.job_claim(&params)
-                    }
-                });
-                let claimed_count = claimed.as_ref().map_or(0, Vec::len);
-                let mut row_slots: Vec<Vec<(String, usize)>> = vec![Vec::new(); claimed_count];
-                for (channel, slots) in &mut taken {
-                    for (i, slot) in slots.drain(..claimed_count.min(slots.len())).enumerate() {
-                        row_slots[i].push((channel.clone(), slot));
-                    }
-                }
-                state.slots.release(taken);
-                match claimed {
-                    Ok(rows) => {
-                        if rows.len() < want {
-                            dry.insert(filter.node.clone());
-                        }
-                        for (row, slots) in rows.into_iter().zip(row_slots) {
-                            state.load.start(&filter.node);
-                            let control = Arc::new(JobControl::default());
-                            let timeout = registry()?.get(&row.func).and_then(JobFunction::timeout);
-                            let flight = Flight {
-                                node: filter.node.clone(),
-                                control: Arc::clone(&control),
-                                deadline: timeout.map(|t| Instant::now() + t),
-                                row: timeout.map(|_| row.clone()),
-                                slots,
-                                slots_session: state.slots.session,
-                            };
-                            state.in_flight.insert((row.id, lease.clone()), flight);
-                            state.stats.claimed += 1;
-                            if jobs.send(Assignment { row, control }).is_err() {
-                                return Err(Error::Config("all executor threads stopped".into()));
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %executor::chain(&e), retry_in = ?backoff, "failed to claim jobs");
-                        failed = true;
-                        break;
-                    }
+                if !sequential && !state.batched.is_empty() {
+                    self.start_batches(filter, state, jobs)?;
                 }
             }
             let wait = if failed {
@@ -519,8 +554,10 @@ impl Worker {
                     let mut next = Some(event);
                     while let Some(event) = next {
                         match event {
-                            Event::Finished { id, lease, unsettled } => state.finished(id, lease, unsettled),
-                            Event::Wake => dry.clear(),
+                            Event::Finished { flight, unsettled, batch } => {
+                                state.finished(flight, unsettled, batch)
+                            }
+                            Event::Wake => state.dry.clear(),
                             Event::Stop => break,
                         }
                         next = events.try_recv().ok();
@@ -534,6 +571,139 @@ impl Worker {
         Ok(())
     }
 
+    /// Claim jobs of `funcs` in `filter`'s channel under a lease, as many as the channel has free
+    /// slots, and hand each to an executor. `Err(Error::Config)` when no executor is left.
+    fn claim_leased(
+        &self,
+        filter: &ChannelFilter,
+        funcs: &[&'static str],
+        sequential: bool,
+        state: &mut Dispatch,
+        jobs: &Sender<Assignment>,
+    ) -> Result<()> {
+        let channels = &self.config.channels;
+        let free = state.load.free(channels, &filter.node);
+        if free == 0 || state.dry.contains(&(filter.node.clone(), false)) {
+            return Ok(());
+        }
+        // Slots shared with every worker: as many as this channel and each configured ancestor
+        // can spare.
+        let mut taken = state.slots.acquire(channels, &filter.node, free);
+        let want = taken.first().map_or(0, |(_, slots)| slots.len());
+        if want == 0 {
+            return Ok(());
+        }
+        let lease = JobId::new().to_string();
+        let params = ClaimParams {
+            worker_id: &self.config.worker_id,
+            lease_token: &lease,
+            now: self.db.now(),
+            limit: want as i64,
+            channel: Some(filter),
+            uuids: None,
+            funcs: Some(funcs),
+            ignore_eta: false,
+        };
+        let claimed = self.db.conn().and_then(|mut conn| {
+            if sequential { conn.job_claim_sequential(&params) } else { conn.job_claim(&params) }
+        });
+        let claimed_count = claimed.as_ref().map_or(0, Vec::len);
+        let mut row_slots: Vec<Vec<(String, usize)>> = vec![Vec::new(); claimed_count];
+        for (channel, slots) in &mut taken {
+            for (i, slot) in slots.drain(..claimed_count.min(slots.len())).enumerate() {
+                row_slots[i].push((channel.clone(), slot));
+            }
+        }
+        state.slots.release(taken);
+        let rows = claimed?;
+        if rows.len() < want {
+            state.dry.insert((filter.node.clone(), false));
+        }
+        for (row, slots) in rows.into_iter().zip(row_slots) {
+            state.load.start(&filter.node);
+            let control = Arc::new(JobControl::default());
+            let timeout = registry()?.get(&row.func).and_then(JobFunction::timeout);
+            let flight = state.next_flight();
+            state.in_flight.insert(
+                flight,
+                Flight {
+                    node: filter.node.clone(),
+                    control: Arc::clone(&control),
+                    deadline: timeout.map(|t| Instant::now() + t),
+                    leased: Some((row.id, lease.clone())),
+                    batch: false,
+                    row: timeout.map(|_| row.clone()),
+                    slots,
+                    slots_session: state.slots.session,
+                },
+            );
+            state.stats.claimed += 1;
+            if jobs.send(Assignment::Job { flight, row: Box::new(row), control }).is_err() {
+                return Err(Error::Config("all executor threads stopped".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Hand batches of `filter`'s channel to executors: one while the channel is not known to
+    /// hold more than a batch, then one per free slot while batches come back full.
+    fn start_batches(
+        &self,
+        filter: &ChannelFilter,
+        state: &mut Dispatch,
+        jobs: &Sender<Assignment>,
+    ) -> Result<()> {
+        let channels = &self.config.channels;
+        let node = &filter.node;
+        if state.dry.contains(&(node.clone(), true)) {
+            return Ok(());
+        }
+        let running = state.batches.get(node).map_or(0, |b| b.running);
+        let full = state.batches.get(node).is_some_and(|b| b.full);
+        let free = state.load.free(channels, node);
+        let starts = if full { free } else { usize::from(running == 0).min(free) };
+        for _ in 0..starts {
+            let taken = state.slots.acquire(channels, node, 1);
+            if taken.first().is_none_or(|(_, slots)| slots.is_empty()) {
+                break;
+            }
+            let slots: Vec<(String, usize)> =
+                taken.into_iter().filter_map(|(name, slots)| Some((name, *slots.first()?))).collect();
+            let books = state.batches.entry(node.clone()).or_default();
+            books.running += 1;
+            books.full = false;
+            let per_job = books.per_job.unwrap_or(FIRST_GUESS_PER_JOB).max(Duration::from_micros(1));
+            let limit = (self.config.batch_time.as_secs_f64() / per_job.as_secs_f64()) as usize;
+            let ticket = BatchTicket {
+                worker_id: Arc::from(self.config.worker_id.as_str()),
+                channel: filter.clone(),
+                funcs: Arc::clone(&state.batched),
+                limit: limit.clamp(1, self.config.batch_jobs.max(1)),
+                budget: self.config.batch_time,
+            };
+            state.load.start(node);
+            let control = Arc::new(JobControl::default());
+            let flight = state.next_flight();
+            state.in_flight.insert(
+                flight,
+                Flight {
+                    node: node.clone(),
+                    control: Arc::clone(&control),
+                    deadline: None,
+                    leased: None,
+                    batch: true,
+                    row: None,
+                    slots,
+                    slots_session: state.slots.session,
+                },
+            );
+            if jobs.send(Assignment::Batch { flight, ticket, control }).is_err() {
+                return Err(Error::Config("all executor threads stopped".into()));
+            }
+        }
+        Ok(())
+    }
+
     /// Give up on runs past their function's timeout: tell the body, end its session
     /// (PostgreSQL), store the verdict fenced by the lease (PostgreSQL; on SQLite the running
     /// transaction holds the write lock, so the executor stores it when the body returns), free
@@ -541,11 +711,11 @@ impl Worker {
     fn expire(&self, state: &mut Dispatch) -> Result<()> {
         use diesel::RunQueryDsl;
         let now = Instant::now();
-        let expired: Vec<(i64, String)> = state
+        let expired: Vec<u64> = state
             .in_flight
             .iter()
             .filter(|(_, flight)| flight.deadline.is_some_and(|d| d <= now))
-            .map(|(key, _)| key.clone())
+            .map(|(key, _)| *key)
             .collect();
         for key in expired {
             // The executor may have finished it in the meantime: its `Finished` settles it.
@@ -556,7 +726,8 @@ impl Worker {
             state.load.finish(&flight.node);
             state.slots.release_job(flight.slots.clone(), flight.slots_session);
             state.stats.timed_out += 1;
-            tracing::warn!(job_id = key.0, "job ran out of time; no longer waiting for it");
+            let job_id = flight.leased.as_ref().map_or(0, |(id, _)| *id);
+            tracing::warn!(job_id, "job ran out of time; no longer waiting for it");
             if self.db.backend() == Backend::Postgres
                 && let Some(row) = &flight.row
                 && let Some(function) = registry()?.get(&row.func)
@@ -571,7 +742,7 @@ impl Worker {
                                 .bind::<diesel::sql_types::Integer, _>(pid)
                                 .execute(&mut *conn);
                             if let Err(e) = end {
-                                tracing::warn!(job_id = key.0, error = %e, "could not end the job's session");
+                                tracing::warn!(job_id, error = %e, "could not end the job's session");
                             }
                         }
                         executor::store_timeout(&self.db, &mut conn, row, function);
@@ -595,14 +766,16 @@ impl Worker {
         while !state.in_flight.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             match events.recv_timeout(left) {
-                Ok(Event::Finished { id, lease, unsettled }) => state.finished(id, lease, unsettled),
+                Ok(Event::Finished { flight, unsettled, batch }) => state.finished(flight, unsettled, batch),
                 Ok(_) => {}
                 Err(_) => break,
             }
         }
         // Still running: end their sessions (PostgreSQL), so their transactions roll back and
-        // free their rows, then give them back.
-        for (key, flight) in state.in_flight.drain() {
+        // free their rows, then give back the leased ones (a batch's jobs are `pending` again
+        // once its transaction rolls back).
+        for (_, flight) in state.in_flight.drain() {
+            let job_id = flight.leased.as_ref().map_or(0, |(id, _)| *id);
             if flight.control.abandon()
                 && let Some(pid) = flight.control.pg_pid()
             {
@@ -614,10 +787,10 @@ impl Worker {
                         .map_err(crate::Error::query("end a running job's session"))
                 });
                 if let Err(e) = end {
-                    tracing::warn!(job_id = key.0, error = %executor::chain(&e), "could not end a running job's session");
+                    tracing::warn!(job_id, error = %executor::chain(&e), "could not end a running job's session");
                 }
             }
-            state.unsettled.push(key);
+            state.unsettled.extend(flight.leased);
         }
         self.settle(&mut state.unsettled, &mut state.stats);
         for (id, _) in &state.unsettled {
@@ -626,7 +799,7 @@ impl Worker {
     }
 }
 
-/// A job handed to an executor.
+/// A leased job or a batch handed to an executor.
 #[derive(Debug)]
 struct Flight {
     /// Its configured channel.
@@ -634,6 +807,10 @@ struct Flight {
     control: Arc<JobControl>,
     /// When its function's timeout runs out.
     deadline: Option<Instant>,
+    /// A leased job: its id and lease.
+    leased: Option<(i64, String)>,
+    /// A batch (else a leased job).
+    batch: bool,
     /// The claimed row, kept for jobs with a deadline (to store their timeout).
     row: Option<JobRow>,
     /// The shared channel slots it holds, and the slot session they were taken in.
@@ -746,13 +923,32 @@ impl Slots {
 #[derive(Debug, Default)]
 struct Dispatch {
     load: ChannelLoad,
-    /// Jobs handed to executors, by (job id, lease).
-    in_flight: HashMap<(i64, String), Flight>,
+    /// Work handed to executors, by flight number.
+    in_flight: HashMap<u64, Flight>,
+    flights: u64,
     slots: Slots,
     executors: Option<Executors>,
     /// Jobs whose outcome could not be stored, to give back.
     unsettled: Vec<(i64, String)>,
     stats: WorkerStats,
+    /// Channels known to have no due job, per path (true: batches), until a wake-up or a poll.
+    dry: HashSet<(String, bool)>,
+    /// Functions whose jobs run alone under a lease; those whose jobs run in batches.
+    leased: Vec<&'static str>,
+    batched: Arc<Vec<&'static str>>,
+    /// Batches per channel.
+    batches: HashMap<String, BatchBooks>,
+}
+
+/// What the dispatcher knows of a channel's batches.
+#[derive(Debug, Default)]
+struct BatchBooks {
+    /// Batches running.
+    running: usize,
+    /// The last batch found as many jobs as it could take: more are likely waiting.
+    full: bool,
+    /// Recent mean run time of a job, which sizes the next batch.
+    per_job: Option<Duration>,
 }
 
 impl Dispatch {
@@ -760,14 +956,62 @@ impl Dispatch {
         self.in_flight.values().filter_map(|f| f.deadline).min()
     }
 
-    fn finished(&mut self, id: i64, lease: String, unsettled: bool) {
-        if let Some(flight) = self.in_flight.remove(&(id, lease.clone())) {
-            self.load.finish(&flight.node);
-            self.slots.release_job(flight.slots, flight.slots_session);
+    fn next_flight(&mut self) -> u64 {
+        self.flights += 1;
+        self.flights
+    }
+
+    fn finished(
+        &mut self,
+        flight: u64,
+        unsettled: Option<(i64, String)>,
+        batch: Option<std::result::Result<BatchReport, String>>,
+    ) {
+        let Some(done) = self.in_flight.remove(&flight) else {
+            // Expired already; its executor could not store anything either.
+            self.unsettled.extend(unsettled);
+            return;
+        };
+        self.load.finish(&done.node);
+        self.slots.release_job(done.slots, done.slots_session);
+        self.unsettled.extend(unsettled);
+        if !done.batch {
             self.stats.finished += 1;
-        }
-        if unsettled {
-            self.unsettled.push((id, lease));
+            return;
+        };
+        let books = self.batches.entry(done.node.clone()).or_default();
+        books.running = books.running.saturating_sub(1);
+        match batch {
+            Some(Ok(report)) => {
+                if !report.queued.is_empty() {
+                    self.dry.clear();
+                }
+                self.stats.claimed += report.finished as u64;
+                self.stats.finished += report.finished as u64;
+                books.full = report.more;
+                if let Some(per_job) = report.per_job {
+                    books.per_job = Some(books.per_job.map_or(per_job, |old| (old + per_job) / 2));
+                }
+                if !books.full {
+                    self.dry.insert((done.node, true));
+                }
+                if !report.long.is_empty() {
+                    let mut batched = self.batched.as_ref().clone();
+                    for func in &report.long {
+                        if let Some(at) = batched.iter().position(|f| f == func) {
+                            tracing::info!(function = %func, limit = ?executor::LONG_RUN, "a job ran long: the function's jobs now run alone, under a lease");
+                            self.leased.push(batched.remove(at));
+                        }
+                    }
+                    self.batched = Arc::new(batched);
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "a batch failed and was rolled back; its jobs stay pending");
+                books.full = false;
+                self.dry.insert((done.node, true));
+            }
+            None => {}
         }
     }
 }
