@@ -16,9 +16,10 @@ use crate::state::JobState;
 pub struct JobId(pub Uuid);
 
 impl JobId {
-    /// A fresh random id.
+    /// A fresh id: time-ordered (UUID version 7) with 74 random bits, so ids queued one after
+    /// the other land next to each other in the database's unique index instead of all over it.
     pub fn new() -> Self {
-        JobId(Uuid::new_v4())
+        JobId(Uuid::now_v7())
     }
 }
 

@@ -1,22 +1,25 @@
-//! Wake-ups: a PostgreSQL `LISTEN` connection polled on a short timer, so an idle worker starts
-//! a new job within milliseconds of its commit. Every backend also polls the table (the fallback
-//! when a notification is lost or the backend has none).
+//! Wake-ups: a PostgreSQL `LISTEN` connection whose socket the listener thread blocks on, so an
+//! idle worker hears of a job the moment its transaction commits. Every backend also polls the
+//! table (the fallback when a notification is lost or the backend has none).
+//!
+//! Diesel's connection does not expose its socket, so the listener holds a libpq connection of
+//! its own.
 
+use std::ffi::{CStr, CString};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use diesel::pg::PgConnection;
-use diesel::prelude::*;
+use pq_sys as pq;
 
 use crate::database::redact;
 use crate::store::NOTIFY_CHANNEL;
 
-/// How often the listener reads its socket. Each read is a non-blocking `recv`, no query.
-pub const LISTEN_TICK: Duration = Duration::from_millis(2);
-/// How often the listener checks that its connection is alive.
+/// Longest the listener blocks before it looks at its stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+/// How often the listener checks that its connection is alive when nothing arrives.
 const LISTEN_PING: Duration = Duration::from_secs(10);
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -31,14 +34,14 @@ pub(crate) fn spawn_listener<E: Send + 'static>(
     std::thread::Builder::new().name("queue-listen".into()).spawn(move || {
         let mut backoff = Duration::from_millis(100);
         while !stop.load(Ordering::Relaxed) {
-            match listen(&url) {
+            match Listener::connect(&url) {
                 Ok(mut conn) => {
                     backoff = Duration::from_millis(100);
                     // Jobs may have been queued while we were not listening.
                     if events.send(wake()).is_err() {
                         return;
                     }
-                    if let Err(e) = pump(&mut conn, &events, wake, &stop) {
+                    if let Err(e) = conn.pump(&events, wake, &stop) {
                         tracing::warn!(error = %e, "listener connection lost; reconnecting");
                     }
                 }
@@ -52,34 +55,123 @@ pub(crate) fn spawn_listener<E: Send + 'static>(
     })
 }
 
-fn listen(url: &str) -> Result<PgConnection, Box<dyn std::error::Error>> {
-    let mut conn = PgConnection::establish(url)?;
-    diesel::sql_query(format!("LISTEN {NOTIFY_CHANNEL}")).execute(&mut conn)?;
-    Ok(conn)
+/// A libpq connection that has run `LISTEN`, closed on drop.
+struct Listener {
+    conn: *mut pq::PGconn,
 }
 
-/// Forward notifications until the connection fails or `stop` is set.
-fn pump<E>(
-    conn: &mut PgConnection,
-    events: &Sender<E>,
-    wake: fn() -> E,
-    stop: &AtomicBool,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let mut last_ping = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        let mut woke = false;
-        for notification in conn.notifications_iter() {
-            notification?;
-            woke = true;
-        }
-        if woke && events.send(wake()).is_err() {
-            return Ok(());
-        }
-        if last_ping.elapsed() >= LISTEN_PING {
-            diesel::sql_query("SELECT 1").execute(conn)?;
-            last_ping = Instant::now();
-        }
-        std::thread::sleep(LISTEN_TICK);
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // SAFETY: `conn` came from PQconnectdb and is finished exactly once, here.
+        unsafe { pq::PQfinish(self.conn) }
     }
-    Ok(())
 }
+
+impl Listener {
+    fn connect(url: &str) -> Result<Listener, String> {
+        let info = CString::new(url).map_err(|_| "the database URL contains a NUL byte".to_owned())?;
+        // SAFETY: `info` is a valid C string; the result is owned by the `Listener` (even on
+        // failure, libpq returns a connection object to finish).
+        let conn = unsafe { pq::PQconnectdb(info.as_ptr()) };
+        if conn.is_null() {
+            return Err("libpq could not allocate a connection".into());
+        }
+        let listener = Listener { conn };
+        // SAFETY: `conn` is a live connection object.
+        if unsafe { pq::PQstatus(conn) } != pq::ConnStatusType::CONNECTION_OK {
+            return Err(listener.error());
+        }
+        listener.exec(&format!("LISTEN {NOTIFY_CHANNEL}"))?;
+        Ok(listener)
+    }
+
+    /// libpq's last error message.
+    fn error(&self) -> String {
+        // SAFETY: PQerrorMessage returns a C string owned by the connection, valid until the
+        // next call on it; it is copied at once.
+        unsafe { CStr::from_ptr(pq::PQerrorMessage(self.conn)) }.to_string_lossy().trim().to_owned()
+    }
+
+    /// Run a statement that returns no rows.
+    fn exec(&self, sql: &str) -> Result<(), String> {
+        let sql = CString::new(sql).map_err(|_| "statement contains a NUL byte".to_owned())?;
+        // SAFETY: live connection, valid C string; the result is cleared before returning.
+        unsafe {
+            let result = pq::PQexec(self.conn, sql.as_ptr());
+            let status = pq::PQresultStatus(result);
+            pq::PQclear(result);
+            if matches!(status, pq::ExecStatusType::PGRES_COMMAND_OK | pq::ExecStatusType::PGRES_TUPLES_OK) {
+                Ok(())
+            } else {
+                Err(self.error())
+            }
+        }
+    }
+
+    /// Read what arrived on the socket; true when at least one notification came.
+    fn drain(&self) -> Result<bool, String> {
+        let mut any = false;
+        // SAFETY: live connection; each notification is freed with PQfreemem as libpq requires.
+        unsafe {
+            if pq::PQconsumeInput(self.conn) == 0 {
+                return Err(self.error());
+            }
+            loop {
+                let notification = pq::PQnotifies(self.conn);
+                if notification.is_null() {
+                    break;
+                }
+                pq::PQfreemem(notification.cast());
+                any = true;
+            }
+        }
+        Ok(any)
+    }
+
+    /// Block until the socket is readable or `timeout` passes; true when readable.
+    fn wait(&self, timeout: Duration) -> Result<bool, String> {
+        // SAFETY: live connection.
+        let fd = unsafe { pq::PQsocket(self.conn) };
+        if fd < 0 {
+            return Err("the listener connection has no socket".into());
+        }
+        let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut poll, 1, millis) };
+        match ready {
+            0 => Ok(false),
+            n if n > 0 => Ok(true),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted { Ok(false) } else { Err(e.to_string()) }
+            }
+        }
+    }
+
+    /// Forward notifications until the connection fails or `stop` is set.
+    fn pump<E>(&mut self, events: &Sender<E>, wake: fn() -> E, stop: &AtomicBool) -> Result<(), String> {
+        let mut last_heard = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if self.wait(STOP_CHECK)? {
+                last_heard = Instant::now();
+                if self.drain()? && events.send(wake()).is_err() {
+                    return Ok(());
+                }
+            } else if last_heard.elapsed() >= LISTEN_PING {
+                // A dead server may never make the socket readable: ask it something.
+                self.exec("SELECT 1")?;
+                last_heard = Instant::now();
+                // Notifications that came with the answer.
+                if self.drain()? && events.send(wake()).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+// SAFETY: a `Listener` is used by one thread at a time (it is moved into the listener thread);
+// libpq connections may move between threads.
+unsafe impl Send for Listener {}

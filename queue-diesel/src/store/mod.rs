@@ -664,10 +664,22 @@ impl Store for AnyConnection {
             return Ok(());
         }
         let rows = jobs.iter().map(NewJobRow::from_job).collect::<Result<Vec<_>>>()?;
-        // SQLite allows at most 32766 bound values per statement: 16 columns, so 2000 rows.
-        for chunk in rows.chunks(1000) {
-            with_backend!(self, c => diesel::insert_into(queue_job::table).values(chunk).execute(c))
-                .map_err(Error::query("insert jobs"))?;
+        match self {
+            AnyConnection::Postgres(c) => {
+                for chunk in rows.chunks(5000) {
+                    postgres::job_insert_rows(c, chunk).map_err(Error::query("insert jobs"))?;
+                }
+            }
+            AnyConnection::Sqlite(c) => {
+                // In-process: one prepared single-row statement, run per row, beats parsing a
+                // statement of thousands of values.
+                for row in &rows {
+                    diesel::insert_into(queue_job::table)
+                        .values(row)
+                        .execute(c)
+                        .map_err(Error::query("insert jobs"))?;
+                }
+            }
         }
         Ok(())
     }

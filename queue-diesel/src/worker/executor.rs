@@ -353,13 +353,15 @@ impl From<Error> for BatchAbort {
     }
 }
 
-/// Run a batch of jobs (see the module documentation). An `Err` is a database failure: the batch
-/// was rolled back and its jobs are `pending` as they were.
+/// Run a batch of jobs (see the module documentation) on `conn`, whose PostgreSQL backend pid is
+/// `pid` (0 on SQLite). An `Err` is a database failure: the batch was rolled back and its jobs
+/// are `pending` as they were.
 pub(crate) fn run_batch(
     db: &Database,
     conn: &mut AnyConnection,
     ticket: &BatchTicket,
     control: &Arc<JobControl>,
+    pid: i32,
 ) -> Result<BatchReport, Error> {
     let mut report = BatchReport::default();
     let mut busy = Duration::ZERO;
@@ -371,9 +373,7 @@ pub(crate) fn run_batch(
         let clock = Instant::now();
         let more = std::cell::Cell::new(false);
         let ran = in_transaction_on::<_, BatchAbort>(conn, |conn| {
-            if let AnyConnection::Postgres(_) = conn {
-                control.pg_pid.store(conn.backend_pid()?, Ordering::SeqCst);
-            }
+            control.pg_pid.store(pid, Ordering::SeqCst);
             let level = depth(conn).map_err(Error::query("read the transaction depth"))?;
             let rows = conn.job_claim_batch(&ClaimParams {
                 worker_id: &ticket.worker_id,

@@ -174,12 +174,17 @@ impl Executors {
             .spawn(move || {
                 // Kept between units of work; dropped after a failure (the pool checks the next).
                 let mut held: Option<crate::database::PooledConn> = None;
+                // The backend pid of `held` (PostgreSQL), read once per connection.
+                let mut pid = 0;
                 loop {
                     let next = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
                     let Ok(assignment) = next else { return };
                     if held.is_none() {
-                        match db.conn() {
-                            Ok(conn) => held = Some(conn),
+                        match db.conn().and_then(|mut conn| Ok((conn.backend_pid()?, conn))) {
+                            Ok((backend, conn)) => {
+                                held = Some(conn);
+                                pid = backend;
+                            }
                             Err(e) => {
                                 tracing::error!(error = %executor::chain(&e), "no connection to run jobs")
                             }
@@ -215,7 +220,7 @@ impl Executors {
                         Assignment::Batch { flight, ticket, control } => {
                             let report = match held.as_mut() {
                                 Some(conn) => catch_unwind(AssertUnwindSafe(|| {
-                                    executor::run_batch(&db, conn, &ticket, &control)
+                                    executor::run_batch(&db, conn, &ticket, &control, pid)
                                 }))
                                 .unwrap_or_else(|_| Err(Error::Config("the batch runner panicked".into())))
                                 .map_err(|e| executor::chain(&e)),
