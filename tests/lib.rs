@@ -228,31 +228,41 @@ impl Counter {
     /// PostgreSQL it also takes a transaction lock named after the job: finding it taken means
     /// another worker is running the same job at this moment, and fails the job (SQLite runs one
     /// job at a time by construction).
-    pub fn bump(records: Vec<Counter>, env: &Env) -> JobResult {
-        let job = env.job_id().map(|id| id.to_string()).unwrap_or_default();
-        if let queue_diesel::AnyConnection::Postgres(c) = &mut *env.conn() {
-            #[derive(QueryableByName)]
-            struct Free {
-                #[diesel(sql_type = diesel::sql_types::Bool)]
-                free: bool,
-            }
-            let lock: Free = diesel::sql_query("SELECT pg_try_advisory_xact_lock(hashtext($1)) AS free")
-                .bind::<diesel::sql_types::Text, _>(&job)
-                .get_result(c)?;
-            if !lock.free {
-                return Err(JobError::failed("Overlap", format!("job {job} runs on two workers at once")));
-            }
-        }
-        for counter in &records {
-            diesel::update(chaos_counter::table.find(counter.id))
-                .set(chaos_counter::n.eq(chaos_counter::n + 1))
-                .execute(&mut *env.conn())?;
-        }
-        diesel::insert_into(chaos_effect::table)
-            .values(chaos_effect::job.eq(job))
-            .execute(&mut *env.conn())?;
-        Ok(())
+    pub fn bump(records: Vec<Counter>, env: &Env, pause_us: u64) -> JobResult {
+        bump_counters(&records, env, pause_us)
     }
+
+    /// `bump`, each job alone in its own transaction under a lease.
+    #[job(isolated)]
+    pub fn bump_alone(records: Vec<Counter>, env: &Env, pause_us: u64) -> JobResult {
+        bump_counters(&records, env, pause_us)
+    }
+}
+
+/// The body of the chaos jobs: lock, pause (so that kills land mid-run), count, record.
+fn bump_counters(records: &[Counter], env: &Env, pause_us: u64) -> JobResult {
+    let job = env.job_id().map(|id| id.to_string()).unwrap_or_default();
+    if let queue_diesel::AnyConnection::Postgres(c) = &mut *env.conn() {
+        #[derive(QueryableByName)]
+        struct Free {
+            #[diesel(sql_type = diesel::sql_types::Bool)]
+            free: bool,
+        }
+        let lock: Free = diesel::sql_query("SELECT pg_try_advisory_xact_lock(hashtext($1)) AS free")
+            .bind::<diesel::sql_types::Text, _>(&job)
+            .get_result(c)?;
+        if !lock.free {
+            return Err(JobError::failed("Overlap", format!("job {job} runs on two workers at once")));
+        }
+    }
+    std::thread::sleep(Duration::from_micros(pause_us));
+    for counter in records {
+        diesel::update(chaos_counter::table.find(counter.id))
+            .set(chaos_counter::n.eq(chaos_counter::n + 1))
+            .execute(&mut *env.conn())?;
+    }
+    diesel::insert_into(chaos_effect::table).values(chaos_effect::job.eq(job)).execute(&mut *env.conn())?;
+    Ok(())
 }
 
 /// A database for one test, removed when dropped.
