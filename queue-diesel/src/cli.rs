@@ -22,7 +22,9 @@ use queue_core::{ChannelConfig, JobId, JobState, OperatorAction};
 use crate::database::{DEFAULT_DATABASE_URL, Database};
 use crate::error::{Error, Result};
 use crate::function::registry;
-use crate::store::{ListParams, Store};
+use crate::maintenance::Retention;
+use crate::maintenance::pruner::parse_keep;
+use crate::store::{ListParams, PruneParams, Store};
 use crate::worker::{Shutdown, Worker, WorkerConfig};
 
 /// Command line of `queue-worker`.
@@ -73,6 +75,18 @@ pub struct RunArgs {
     /// Jobs claimed less than this many milliseconds ago are never rescued.
     #[arg(long, env = "QUEUE_RESCUE_GRACE_MS", default_value_t = 5000)]
     pub rescue_grace_ms: u64,
+    /// Most jobs one batch transaction runs; 0 runs every job alone, under a lease.
+    #[arg(long, env = "QUEUE_BATCH_JOBS", default_value_t = crate::worker::DEFAULT_BATCH_JOBS)]
+    pub batch_jobs: usize,
+    /// A batch starts no new job once it has run this many milliseconds, then commits.
+    #[arg(long, env = "QUEUE_BATCH_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_ms: u64,
+    /// How long done and cancelled jobs are kept: a duration ("1d", "12h") or "forever".
+    #[arg(long, env = "QUEUE_KEEP_DONE", default_value = "1d")]
+    pub keep_done: String,
+    /// How long failed jobs are kept: a duration ("30d") or "forever".
+    #[arg(long, env = "QUEUE_KEEP_FAILED", default_value = "30d")]
+    pub keep_failed: String,
 }
 
 /// `jobs` subcommands.
@@ -114,6 +128,15 @@ pub enum JobsCommand {
         /// Job uuids.
         #[arg(required = true)]
         uuids: Vec<String>,
+    },
+    /// Delete finished jobs that finished more than a given time ago.
+    Prune {
+        /// Age past which finished jobs are deleted: "7d", "12h", "0s" for all.
+        #[arg(long)]
+        older_than: String,
+        /// Which finished states: done, cancelled, failed (repeat or separate with commas).
+        #[arg(long, value_delimiter = ',', default_values_t = ["done".to_owned(), "cancelled".to_owned()])]
+        state: Vec<String>,
     },
 }
 
@@ -158,6 +181,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 grace_period: Duration::from_secs(args.grace_period_secs),
                 rescue_interval: Duration::from_millis(args.rescue_interval_ms),
                 rescue_grace: Duration::from_millis(args.rescue_grace_ms),
+                batch_jobs: args.batch_jobs,
+                batch_time: Duration::from_millis(args.batch_ms),
+                retention: Retention {
+                    done: parse_keep(&args.keep_done, "--keep-done")?,
+                    failed: parse_keep(&args.keep_failed, "--keep-failed")?,
+                },
                 ..WorkerConfig::default()
             };
             let worker = Worker::new(db, config)?;
@@ -213,6 +242,27 @@ pub fn run(cli: Cli) -> Result<()> {
                     let id = parse_uuid(&uuid)?;
                     let job = conn.job_get(&id)?.ok_or_else(|| Error::JobNotFound(uuid.clone()))?;
                     print!("{}", show(&job));
+                    Ok(())
+                }
+                JobsCommand::Prune { older_than, state } => {
+                    let states =
+                        state.iter().map(|s| s.parse::<JobState>()).collect::<Result<Vec<_>, _>>()?;
+                    let age = if older_than.trim() == "0s" || older_than.trim() == "0" {
+                        Duration::ZERO
+                    } else {
+                        queue_core::options::parse_duration(&older_than)?
+                    };
+                    let before =
+                        db.now() - chrono::TimeDelta::from_std(age).unwrap_or(chrono::TimeDelta::MAX);
+                    let mut deleted = 0;
+                    loop {
+                        let n = conn.job_prune(&PruneParams { states: &states, before, limit: 5_000 })?;
+                        deleted += n;
+                        if n < 5_000 {
+                            break;
+                        }
+                    }
+                    println!("deleted {deleted} job(s)");
                     Ok(())
                 }
                 JobsCommand::Count => {

@@ -50,7 +50,7 @@
 //! | [`function`] | the registry of job functions and how one is called |
 //! | [`store`] | the storage seam: every SQL statement of the queue |
 //! | [`worker`] | claim under channel capacity, run, shut down |
-//! | [`maintenance`] | rescue of jobs whose worker is gone, liveness |
+//! | [`maintenance`] | rescue of jobs whose worker is gone, liveness, pruning of old jobs |
 //! | [`cli`] | the `queue-worker` command, reusable in an application's own worker binary |
 //! | [`testing`] | trap, assert and perform queued jobs in an application's tests |
 //!

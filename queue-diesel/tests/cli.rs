@@ -68,6 +68,15 @@ fn migrate_then_list_show_and_count() {
     assert!(err.contains("unknown job state \"exploded\""), "{err}");
     let (ok, _, _) = queue_worker(&db, &["jobs", "count"]);
     assert!(ok);
+    let (ok, out, err) = queue_worker(&db, &["jobs", "prune", "--older-than", "0s"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("deleted 0 job(s)"), "{out}");
+    let (ok, _, err) = queue_worker(&db, &["jobs", "prune", "--older-than", "soon"]);
+    assert!(!ok);
+    assert!(err.contains(r#"expected a duration like "30s", "5m" or "1h30m", got "soon""#), "{err}");
+    let (ok, _, err) = queue_worker(&db, &["jobs", "prune", "--older-than", "1d", "--state", "done,pending"]);
+    assert!(!ok);
+    assert!(err.contains("only finished jobs can be pruned, not pending ones"), "{err}");
 }
 
 #[test]

@@ -1,7 +1,12 @@
 //! Operator actions: requeue, cancel, set done.
 
+use std::time::Duration;
+
+use diesel::prelude::*;
+use queue_diesel::maintenance::{Pruner, Retention};
 use queue_diesel::prelude::*;
-use queue_diesel::{Error, JobState, OperatorAction, Worker, WorkerConfig};
+use queue_diesel::schema::queue_job_dependency;
+use queue_diesel::{AnyConnection, Error, JobState, MockClock, OperatorAction, Worker, WorkerConfig};
 use queue_tests::{Partner, TestDb, backend_tests, claim_any};
 
 backend_tests!(
@@ -9,6 +14,7 @@ backend_tests!(
     cancel_and_set_done_end_jobs_without_running_them,
     cancelling_a_running_job_discards_its_outcome,
     illegal_actions_are_refused_with_what_is_allowed,
+    finished_jobs_are_pruned_past_their_retention,
 );
 
 fn worker(t: &TestDb) -> Worker {
@@ -80,4 +86,53 @@ fn illegal_actions_are_refused_with_what_is_allowed(t: TestDb) {
     let missing = queue_diesel::JobId::new();
     let err = t.db.job_action(&missing, OperatorAction::SetDone).expect_err("no such job");
     assert_eq!(err.to_string(), format!("no job with uuid {missing}"));
+}
+
+fn finished_jobs_are_pruned_past_their_retention(t: TestDb) {
+    let clock =
+        MockClock::new(chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp(), 0).expect("now"));
+    let db = t.reopen(|b| b.clock(std::sync::Arc::new(clock.clone())));
+    let list = t.partners(&["ada", "bob"]);
+    let ids = db
+        .transaction(Context::new(), |_| {
+            let parent = Partner::queue().export(&list[0], "x".into())?;
+            let child = Partner::queue().depends_on(&parent).export(&list[1], "x".into())?;
+            Ok::<_, Error>([
+                parent.uuid(),
+                child.uuid(),
+                Partner::queue().give_up(&list[0])?.uuid(),
+                Partner::queue().write_then_fail(&list[0], "no".into())?.uuid(),
+                Partner::queue().flaky(&list[0], 3600)?.uuid(),
+            ])
+        })
+        .expect("queued");
+    Worker::new(db.clone(), WorkerConfig::default()).expect("worker").run_until_idle().expect("runs");
+    let state = |i: usize| db.job(&ids[i]).map(|j| j.state);
+    let states: Vec<_> = (0..5).map(|i| state(i).expect("job")).collect();
+    use JobState::*;
+    assert_eq!(states, [Done, Done, Cancelled, Failed, Pending]);
+    let links = || -> i64 {
+        let mut conn = db.conn().expect("conn");
+        match &mut *conn {
+            AnyConnection::Sqlite(c) => queue_job_dependency::table.count().get_result(c),
+            AnyConnection::Postgres(c) => queue_job_dependency::table.count().get_result(c),
+        }
+        .expect("count")
+    };
+    assert_eq!(links(), 1);
+
+    let hour = Duration::from_secs(3600);
+    let pruner = Pruner::new(db.clone(), Retention { done: Some(hour), failed: Some(2 * hour) });
+    assert_eq!(pruner.run_once().expect("prunes"), 0, "nothing is old enough yet");
+    clock.advance(chrono::TimeDelta::minutes(90));
+    assert_eq!(pruner.run_once().expect("prunes"), 3, "done and cancelled jobs past an hour");
+    assert!((0..3).all(|i| matches!(state(i), Err(Error::JobNotFound(_)))), "deleted");
+    assert_eq!(links(), 0, "their dependency links went with them");
+    assert_eq!((state(3).expect("kept"), state(4).expect("kept")), (Failed, Pending));
+    clock.advance(chrono::TimeDelta::minutes(60));
+    assert_eq!(pruner.run_once().expect("prunes"), 1, "failed jobs past two hours");
+    assert_eq!(state(4).expect("an unfinished job is never pruned"), Pending);
+    let forever = Pruner::new(db.clone(), Retention { done: None, failed: None });
+    clock.advance(chrono::TimeDelta::days(365));
+    assert_eq!(forever.run_once().expect("prunes"), 0);
 }

@@ -212,6 +212,17 @@ pub struct DoneParams<'a> {
     pub now: DateTime<Utc>,
 }
 
+/// What [`Store::job_prune`] takes.
+#[derive(Debug, Clone)]
+pub struct PruneParams<'a> {
+    /// Finished states to delete (`done`, `cancelled`, `failed`).
+    pub states: &'a [JobState],
+    /// Only jobs that finished before this.
+    pub before: DateTime<Utc>,
+    /// At most this many in one statement.
+    pub limit: i64,
+}
+
 /// What [`Store::job_set_state`] takes: an operator's change, applied only if the job is still
 /// in the state it was seen in.
 #[derive(Debug, Clone)]
@@ -281,6 +292,9 @@ pub trait Store {
     /// their try counted, in one statement, then store the results of those that returned one
     /// and release the children of those that had dependents.
     fn job_done_many(&mut self, params: &DoneParams<'_>) -> Result<()>;
+    /// Delete up to `limit` jobs in one of `states` that finished before `before`, oldest
+    /// first, with their dependency links. Returns how many were deleted.
+    fn job_prune(&mut self, params: &PruneParams<'_>) -> Result<usize>;
     /// PostgreSQL backend pid of this connection (0 on SQLite).
     fn backend_pid(&mut self) -> Result<i32>;
     /// Count jobs per state.
@@ -394,6 +408,32 @@ impl Store for AnyConnection {
             self.job_dependents_settle(id, JobState::Done)?;
         }
         Ok(())
+    }
+
+    fn job_prune(&mut self, p: &PruneParams<'_>) -> Result<usize> {
+        use queue_job::dsl;
+        if p.states.is_empty() || p.limit <= 0 {
+            return Ok(0);
+        }
+        if let Some(bad) = p.states.iter().find(|s| !s.is_finished()) {
+            return Err(Error::Config(format!("only finished jobs can be pruned, not {bad} ones")));
+        }
+        let states: Vec<&str> = p.states.iter().map(|s| s.as_str()).collect();
+        let oldest: Vec<i64> = with_backend!(self, c => dsl::queue_job
+            .select(dsl::id)
+            .filter(dsl::state.eq_any(&states))
+            .filter(dsl::date_done.lt(p.before.naive_utc()))
+            .order(dsl::id)
+            .limit(p.limit)
+            .load(c))
+        .map_err(Error::query("find finished jobs to prune"))?;
+        if oldest.is_empty() {
+            return Ok(0);
+        }
+        // The state is checked again: an operator may have requeued one meanwhile.
+        let target = dsl::queue_job.filter(dsl::id.eq_any(&oldest)).filter(dsl::state.eq_any(&states));
+        with_backend!(self, c => diesel::delete(target).execute(c))
+            .map_err(Error::query("prune finished jobs"))
     }
 
     fn backend_pid(&mut self) -> Result<i32> {

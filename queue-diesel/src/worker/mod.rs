@@ -31,8 +31,9 @@ use crate::connection::Backend;
 use crate::database::Database;
 use crate::error::{Error, Result};
 use crate::function::{JobFunction, registry};
+use crate::maintenance::pruner::{DEFAULT_PRUNE_INTERVAL, parse_keep};
 use crate::maintenance::rescuer::{DEFAULT_RESCUE_GRACE, DEFAULT_RESCUE_INTERVAL};
-use crate::maintenance::{Rescuer, liveness};
+use crate::maintenance::{Pruner, Rescuer, Retention, liveness};
 use crate::store::{ChannelFilter, ClaimParams, JobRow, Store};
 use executor::{BatchReport, BatchTicket};
 
@@ -72,6 +73,10 @@ pub struct WorkerConfig {
     pub batch_jobs: usize,
     /// A batch starts no new job once it has run this long (`QUEUE_BATCH_MS`), then commits.
     pub batch_time: Duration,
+    /// How long finished jobs are kept (`QUEUE_KEEP_DONE`, `QUEUE_KEEP_FAILED`).
+    pub retention: Retention,
+    /// How often this worker deletes finished jobs past their retention.
+    pub prune_interval: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -85,13 +90,15 @@ impl Default for WorkerConfig {
             rescue_grace: DEFAULT_RESCUE_GRACE,
             batch_jobs: DEFAULT_BATCH_JOBS,
             batch_time: DEFAULT_BATCH_TIME,
+            retention: Retention::default(),
+            prune_interval: DEFAULT_PRUNE_INTERVAL,
         }
     }
 }
 
 impl WorkerConfig {
     /// Read `QUEUE_CHANNELS`, `QUEUE_POLL_INTERVAL_MS`, `QUEUE_GRACE_PERIOD_SECS`,
-    /// `QUEUE_BATCH_JOBS` and `QUEUE_BATCH_MS`.
+    /// `QUEUE_BATCH_JOBS`, `QUEUE_BATCH_MS`, `QUEUE_KEEP_DONE` and `QUEUE_KEEP_FAILED`.
     pub fn from_env() -> Result<Self> {
         let mut config = WorkerConfig::default();
         if let Ok(text) = std::env::var("QUEUE_CHANNELS") {
@@ -111,6 +118,12 @@ impl WorkerConfig {
         }
         if let Ok(text) = std::env::var("QUEUE_BATCH_MS") {
             config.batch_time = Duration::from_millis(parse_positive(&text, "QUEUE_BATCH_MS")?);
+        }
+        if let Ok(text) = std::env::var("QUEUE_KEEP_DONE") {
+            config.retention.done = parse_keep(&text, "QUEUE_KEEP_DONE")?;
+        }
+        if let Ok(text) = std::env::var("QUEUE_KEEP_FAILED") {
+            config.retention.failed = parse_keep(&text, "QUEUE_KEEP_FAILED")?;
         }
         Ok(config)
     }
@@ -503,6 +516,8 @@ impl Worker {
         let mut last_poll = Instant::now();
         let rescuer = Rescuer::new(self.db.clone(), self.config.rescue_grace);
         let mut last_rescue = Instant::now();
+        let pruner = Pruner::new(self.db.clone(), self.config.retention);
+        let mut last_prune = Instant::now();
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_triggered() {
             if last_poll.elapsed() >= poll {
@@ -522,6 +537,12 @@ impl Worker {
                         }
                     }
                     Err(e) => tracing::warn!(error = %executor::chain(&e), "rescue pass failed"),
+                }
+            }
+            if last_prune.elapsed() >= self.config.prune_interval {
+                last_prune = Instant::now();
+                if let Err(e) = pruner.run_once() {
+                    tracing::warn!(error = %executor::chain(&e), "prune pass failed");
                 }
             }
             let mut failed = false;
