@@ -13,6 +13,7 @@ backend_tests!(
     shutdown_waits_for_running_jobs,
     shutdown_after_grace_gives_running_jobs_back,
     a_failing_job_leaves_the_rest_of_its_batch_whole,
+    a_function_seen_running_long_leaves_the_batches,
     two_workers_never_run_a_job_twice,
     unusable_worker_settings_are_refused,
     a_database_restart_in_the_middle_of_a_run_loses_nothing,
@@ -183,6 +184,32 @@ fn a_failing_job_leaves_the_rest_of_its_batch_whole(t: TestDb) {
     assert_eq!((job(6).state, job(6).exc_name.as_deref()), (JobState::Failed, Some("QueueError")));
     assert_ne!(t.partner(list[6].id).expect("partner").note, "leaked");
     assert_eq!((job(7).state, job(7).exc_name.as_deref()), (JobState::Pending, Some("Retry")));
+}
+
+fn a_function_seen_running_long_leaves_the_batches(t: TestDb) {
+    let list = t.partners(&["ada"]);
+    let worker = Worker::new(t.db.clone(), WorkerConfig::default()).expect("worker");
+    let shutdown = Shutdown::new();
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&shutdown);
+        let run = s.spawn(|| worker.run(&shutdown));
+        let queue = |millis: u64| {
+            let key = key();
+            let job = t.db.transaction(Context::new(), |_| Partner::queue().slow_export(&list, key.clone(), millis));
+            (key, job.expect("queued").uuid())
+        };
+        // Runs in a batch: while it runs it is still `pending` to everyone else.
+        let (key, first) = queue(1_100);
+        assert!(wait_for(Duration::from_secs(10), || running_now(&key) > 0), "the first job started");
+        assert_eq!(t.db.job(&first).expect("job").state, JobState::Pending);
+        assert!(wait_for(Duration::from_secs(10), || t.db.job(&first).is_ok_and(|j| j.state == JobState::Done)));
+        // It ran longer than LONG_RUN: the function's next job runs alone, visibly `started`.
+        let (key, second) = queue(300);
+        assert!(wait_for(Duration::from_secs(10), || running_now(&key) > 0), "the second job started");
+        assert_eq!(t.db.job(&second).expect("job").state, JobState::Started);
+        shutdown.trigger();
+        run.join().expect("no panic").expect("clean stop");
+    });
 }
 
 fn two_workers_never_run_a_job_twice(t: TestDb) {
