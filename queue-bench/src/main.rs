@@ -4,7 +4,8 @@
 //! `enqueue_single`, `enqueue_bulk`, `process`, `process_write`, `latency_p50_ms`,
 //! `latency_p99_ms`, `latency_max_ms` (queued in this process), `latency_remote_p50_ms`,
 //! `latency_remote_p99_ms`, `latency_remote_max_ms` (queued through another database handle, as
-//! from another process), `raw_claim_complete`, `raw_claim_complete_batch`,
+//! from another process), `raw_claim_complete`, `raw_insert_jobs` (the rows `enqueue_bulk`
+//! stores, into the queue's table, by hand), `raw_claim_complete_batch`,
 //! `raw_insert_bulk`, `history` (jobs/s unless named `_ms`), and `peak_rss_mb`.
 
 use std::collections::HashMap;
@@ -194,6 +195,8 @@ fn main() -> Res<()> {
     clear(&db)?;
 
     // The same work in hand-written SQL.
+    results.push(("raw_insert_jobs", raw_insert_jobs(&db, args.jobs)?));
+    clear(&db)?;
     results.push(("raw_insert_bulk", raw_insert_bulk(&db, args.jobs)?));
     results.push(("raw_claim_complete", raw_claim_complete(&db, 1)?));
     raw_fill(&db, args.jobs)?;
@@ -342,6 +345,30 @@ fn raw_fill(db: &Database, n: usize) -> Res<()> {
 fn raw_insert_bulk(db: &Database, n: usize) -> Res<f64> {
     let start = Instant::now();
     raw_fill(db, n)?;
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Multi-row INSERT of 100 job rows per transaction into the queue's own table (its indexes
+/// included), the rows `enqueue_bulk` stores; rows/s.
+fn raw_insert_jobs(db: &Database, n: usize) -> Res<f64> {
+    let mut conn = db.conn()?;
+    let now = chrono::Utc::now().naive_utc().format("%Y-%m-%d %H:%M:%S%.6f").to_string();
+    let start = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|_| {
+                format!(
+                    "('{}', 'pending', 'bench.item.noop', 'bench.item', '[]', '{{}}', '{{}}', 10, 'root', 0, 5, 'Does nothing.', '{now}')",
+                    uuid::Uuid::now_v7()
+                )
+            })
+            .collect();
+        conn.batch(&format!(
+            "INSERT INTO queue_job (uuid, state, func, model, record_ids, args, context, priority, channel, attempts, max_retries, description, date_created) VALUES {}",
+            values.join(", ")
+        ))?;
+    }
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 

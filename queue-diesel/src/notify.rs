@@ -4,6 +4,10 @@
 //!
 //! Diesel's connection does not expose its socket, so the listener holds a libpq connection of
 //! its own.
+//!
+//! SQLite has no notifications; a watcher reads `PRAGMA data_version` every couple of
+//! milliseconds instead (it changes when another connection commits, and reading it costs no
+//! I/O), so a job queued by another process wakes the worker just as fast.
 
 use std::ffi::{CStr, CString};
 use std::sync::Arc;
@@ -49,6 +53,56 @@ pub(crate) fn spawn_listener<E: Send + 'static>(
                     tracing::warn!(url = %redact(&url), error = %e, retry_in = ?backoff, "cannot listen for new jobs");
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    })
+}
+
+/// How often the SQLite watcher reads `PRAGMA data_version`.
+pub const WATCH_TICK: Duration = Duration::from_millis(2);
+
+/// Start a thread that calls `wake` whenever another connection commits to the SQLite database
+/// at `path`, until `stop`.
+pub(crate) fn spawn_sqlite_watcher<E: Send + 'static>(
+    path: String,
+    events: Sender<E>,
+    wake: fn() -> E,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct Version {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        data_version: i64,
+    }
+    std::thread::Builder::new().name("queue-watch".into()).spawn(move || {
+        let mut conn: Option<diesel::SqliteConnection> = None;
+        let mut last = None;
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(WATCH_TICK);
+            if conn.is_none() {
+                match diesel::SqliteConnection::establish(&path) {
+                    Ok(c) => conn = Some(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot watch the database for new jobs; polling only");
+                        std::thread::sleep(MAX_BACKOFF);
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = conn.as_mut() else { continue };
+            match diesel::sql_query("PRAGMA data_version").get_result::<Version>(c) {
+                Ok(Version { data_version }) => {
+                    if last.is_some_and(|v| v != data_version) && events.send(wake()).is_err() {
+                        return;
+                    }
+                    last = Some(data_version);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the database's version; reconnecting");
+                    conn = None;
+                    last = None;
                 }
             }
         }

@@ -195,14 +195,19 @@ fn a_function_seen_running_long_leaves_the_batches(t: TestDb) {
         let run = s.spawn(|| worker.run(&shutdown));
         let queue = |millis: u64| {
             let key = key();
-            let job = t.db.transaction(Context::new(), |_| Partner::queue().slow_export(&list, key.clone(), millis));
+            let job = t
+                .db
+                .transaction(Context::new(), |_| Partner::queue().slow_export(&list, key.clone(), millis));
             (key, job.expect("queued").uuid())
         };
         // Runs in a batch: while it runs it is still `pending` to everyone else.
         let (key, first) = queue(1_100);
         assert!(wait_for(Duration::from_secs(10), || running_now(&key) > 0), "the first job started");
         assert_eq!(t.db.job(&first).expect("job").state, JobState::Pending);
-        assert!(wait_for(Duration::from_secs(10), || t.db.job(&first).is_ok_and(|j| j.state == JobState::Done)));
+        assert!(wait_for(Duration::from_secs(10), || t
+            .db
+            .job(&first)
+            .is_ok_and(|j| j.state == JobState::Done)));
         // It ran longer than LONG_RUN: the function's next job runs alone, visibly `started`.
         let (key, second) = queue(300);
         assert!(wait_for(Duration::from_secs(10), || running_now(&key) > 0), "the second job started");

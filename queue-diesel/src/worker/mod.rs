@@ -436,15 +436,21 @@ impl Worker {
             let _ = wake_tx.lock().unwrap_or_else(|p| p.into_inner()).send(Event::Wake);
         });
         let stop_listener = Arc::new(AtomicBool::new(false));
-        if self.db.backend() == Backend::Postgres {
-            crate::notify::spawn_listener(
+        match self.db.sqlite_path() {
+            None => crate::notify::spawn_listener(
                 self.db.raw_url(),
                 events_tx.clone(),
                 || Event::Wake,
                 Arc::clone(&stop_listener),
-            )
-            .map_err(|source| Error::Io { what: "failed to start the listener thread", source })?;
+            ),
+            Some(path) => crate::notify::spawn_sqlite_watcher(
+                path,
+                events_tx.clone(),
+                || Event::Wake,
+                Arc::clone(&stop_listener),
+            ),
         }
+        .map_err(|source| Error::Io { what: "failed to start the listener thread", source })?;
         tracing::info!(
             worker = %self.config.worker_id,
             database = %self.db.url(),
