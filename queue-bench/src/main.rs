@@ -244,8 +244,19 @@ fn enqueue_noops(db: &Database, n: usize) -> Res<()> {
     Ok(())
 }
 
+/// Empty the tables between measurements. On PostgreSQL, vacuum them too, as autovacuum does
+/// within a minute of a burst: until then the claim index still holds the dead entries of the
+/// jobs just deleted, and every claim steps over them (measured: idle latency p50 about 3 ms
+/// instead of 1 ms right after 40 000 jobs).
 fn clear(db: &Database) -> Res<()> {
-    db.conn()?.batch("DELETE FROM queue_job; DELETE FROM bench_write; DELETE FROM bench_raw;")?;
+    let mut conn = db.conn()?;
+    conn.batch("DELETE FROM queue_job; DELETE FROM bench_write; DELETE FROM bench_raw;")?;
+    if db.backend() == Backend::Postgres {
+        // One statement each: VACUUM cannot run inside the implicit transaction of a batch.
+        for table in ["queue_job", "bench_write", "bench_raw"] {
+            conn.batch(&format!("VACUUM ANALYZE {table}"))?;
+        }
+    }
     Ok(())
 }
 

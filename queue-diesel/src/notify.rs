@@ -51,12 +51,24 @@ pub(crate) fn spawn_listener<E: Send + 'static>(
                 }
                 Err(e) => {
                     tracing::warn!(url = %redact(&url), error = %e, retry_in = ?backoff, "cannot listen for new jobs");
-                    std::thread::sleep(backoff);
+                    nap(backoff, &stop);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
     })
+}
+
+/// Sleep `total`, or less once `stop` is set.
+fn nap(total: Duration, stop: &AtomicBool) {
+    let until = Instant::now() + total;
+    while !stop.load(Ordering::Relaxed) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(STOP_CHECK));
+    }
 }
 
 /// How often the SQLite watcher reads `PRAGMA data_version`.
@@ -86,7 +98,7 @@ pub(crate) fn spawn_sqlite_watcher<E: Send + 'static>(
                     Ok(c) => conn = Some(c),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot watch the database for new jobs; polling only");
-                        std::thread::sleep(MAX_BACKOFF);
+                        nap(MAX_BACKOFF, &stop);
                         continue;
                     }
                 }

@@ -14,6 +14,7 @@ backend_tests!(
     shutdown_after_grace_gives_running_jobs_back,
     a_failing_job_leaves_the_rest_of_its_batch_whole,
     a_function_seen_running_long_leaves_the_batches,
+    a_wake_up_during_a_batch_is_not_lost,
     two_workers_never_run_a_job_twice,
     unusable_worker_settings_are_refused,
     a_database_restart_in_the_middle_of_a_run_loses_nothing,
@@ -212,6 +213,30 @@ fn a_function_seen_running_long_leaves_the_batches(t: TestDb) {
         let (key, second) = queue(300);
         assert!(wait_for(Duration::from_secs(10), || running_now(&key) > 0), "the second job started");
         assert_eq!(t.db.job(&second).expect("job").state, JobState::Started);
+        shutdown.trigger();
+        run.join().expect("no panic").expect("clean stop");
+    });
+}
+
+fn a_wake_up_during_a_batch_is_not_lost(t: TestDb) {
+    // Each job is queued while the batch of the one before is still running: that batch claimed
+    // before the new job committed, so the wake-up must start another batch once it ends. With no
+    // poll to fall back on (two minutes), a lost wake-up fails the wait.
+    let list = t.partners(&["ada"]);
+    let config = WorkerConfig { poll_interval: Some(Duration::from_secs(120)), ..WorkerConfig::default() };
+    let worker = Worker::new(t.db.clone(), config).expect("worker");
+    let shutdown = Shutdown::new();
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&shutdown);
+        let run = s.spawn(|| worker.run(&shutdown));
+        std::thread::sleep(Duration::from_millis(300)); // idle, past its first claim
+        for round in 0..8 {
+            let key = key();
+            t.db.transaction(Context::new(), |_| Partner::queue().slow_export(&list, key.clone(), 60))
+                .expect("queued");
+            assert!(wait_for(Duration::from_secs(10), || max_running(&key) > 0), "job {round} started");
+        }
+        assert!(wait_for(Duration::from_secs(10), || all_done(&t.db, 8)), "all ran");
         shutdown.trigger();
         run.join().expect("no panic").expect("clean stop");
     });

@@ -436,7 +436,7 @@ impl Worker {
             let _ = wake_tx.lock().unwrap_or_else(|p| p.into_inner()).send(Event::Wake);
         });
         let stop_listener = Arc::new(AtomicBool::new(false));
-        match self.db.sqlite_path() {
+        let listener = match self.db.sqlite_path() {
             None => crate::notify::spawn_listener(
                 self.db.raw_url(),
                 events_tx.clone(),
@@ -470,6 +470,8 @@ impl Worker {
         self.db.remove_waker(waker);
         drop(jobs_tx);
         self.drain(&events_rx, &mut state);
+        // Its connection is closed before this returns (it notices the flag within 100 ms).
+        let _ = listener.join();
         let stats = state.stats;
         tracing::info!(
             claimed = stats.claimed,
@@ -527,7 +529,7 @@ impl Worker {
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_triggered() {
             if last_poll.elapsed() >= poll {
-                state.dry.clear();
+                state.wake();
                 last_poll = Instant::now();
             }
             if !state.unsettled.is_empty() {
@@ -539,7 +541,7 @@ impl Worker {
                     Ok(rescued) => {
                         state.stats.rescued += rescued.requeued + rescued.failed;
                         if rescued.requeued > 0 {
-                            state.dry.clear();
+                            state.wake();
                         }
                     }
                     Err(e) => tracing::warn!(error = %executor::chain(&e), "rescue pass failed"),
@@ -589,7 +591,7 @@ impl Worker {
                             Event::Finished { flight, unsettled, batch } => {
                                 state.finished(flight, unsettled, batch)
                             }
-                            Event::Wake => state.dry.clear(),
+                            Event::Wake => state.wake(),
                             Event::Stop => break,
                         }
                         next = events.try_recv().ok();
@@ -664,6 +666,7 @@ impl Worker {
                     deadline: timeout.map(|t| Instant::now() + t),
                     leased: Some((row.id, lease.clone())),
                     batch: false,
+                    seq: state.wake_seq,
                     row: timeout.map(|_| row.clone()),
                     slots,
                     slots_session: state.slots.session,
@@ -690,10 +693,14 @@ impl Worker {
         if state.dry.contains(&(node.clone(), true)) {
             return Ok(());
         }
-        let running = state.batches.get(node).map_or(0, |b| b.running);
-        let full = state.batches.get(node).is_some_and(|b| b.full);
+        let books = state.batches.get(node);
+        let running = books.map_or(0, |b| b.running);
+        let full = books.is_some_and(|b| b.full);
+        // A wake-up since the last batch began: the running batches may have claimed before the
+        // new jobs committed, so one more must look.
+        let woken = books.is_none_or(|b| b.started_seq < state.wake_seq);
         let free = state.load.free(channels, node);
-        let starts = if full { free } else { usize::from(running == 0).min(free) };
+        let starts = if full { free } else { usize::from(running == 0 || woken).min(free) };
         for _ in 0..starts {
             let taken = state.slots.acquire(channels, node, 1);
             if taken.first().is_none_or(|(_, slots)| slots.is_empty()) {
@@ -704,6 +711,7 @@ impl Worker {
             let books = state.batches.entry(node.clone()).or_default();
             books.running += 1;
             books.full = false;
+            books.started_seq = state.wake_seq;
             let per_job = books.per_job.unwrap_or(FIRST_GUESS_PER_JOB).max(Duration::from_micros(1));
             let limit = (self.config.batch_time.as_secs_f64() / per_job.as_secs_f64()) as usize;
             let ticket = BatchTicket {
@@ -724,6 +732,7 @@ impl Worker {
                     deadline: None,
                     leased: None,
                     batch: true,
+                    seq: state.wake_seq,
                     row: None,
                     slots,
                     slots_session: state.slots.session,
@@ -843,6 +852,8 @@ struct Flight {
     leased: Option<(i64, String)>,
     /// A batch (else a leased job).
     batch: bool,
+    /// The dispatcher's wake-up count when it was handed out.
+    seq: u64,
     /// The claimed row, kept for jobs with a deadline (to store their timeout).
     row: Option<JobRow>,
     /// The shared channel slots it holds, and the slot session they were taken in.
@@ -970,6 +981,9 @@ struct Dispatch {
     batched: Arc<Vec<&'static str>>,
     /// Batches per channel.
     batches: HashMap<String, BatchBooks>,
+    /// Counts wake-ups (notifications, polls, rescues): a batch that began before the latest
+    /// one may have missed the jobs it announced.
+    wake_seq: u64,
 }
 
 /// What the dispatcher knows of a channel's batches.
@@ -981,11 +995,19 @@ struct BatchBooks {
     full: bool,
     /// Recent mean run time of a job, which sizes the next batch.
     per_job: Option<Duration>,
+    /// The wake-up count when the latest batch began.
+    started_seq: u64,
 }
 
 impl Dispatch {
     fn next_deadline(&self) -> Option<Instant> {
         self.in_flight.values().filter_map(|f| f.deadline).min()
+    }
+
+    /// Jobs may have been queued: every channel is worth a look again.
+    fn wake(&mut self) {
+        self.dry.clear();
+        self.wake_seq += 1;
     }
 
     fn next_flight(&mut self) -> u64 {
@@ -1017,6 +1039,7 @@ impl Dispatch {
             Some(Ok(report)) => {
                 if !report.queued.is_empty() {
                     self.dry.clear();
+                    self.wake_seq += 1;
                 }
                 self.stats.claimed += report.finished as u64;
                 self.stats.finished += report.finished as u64;
@@ -1024,7 +1047,9 @@ impl Dispatch {
                 if let Some(per_job) = report.per_job {
                     books.per_job = Some(books.per_job.map_or(per_job, |old| (old + per_job) / 2));
                 }
-                if !books.full {
+                // Dry, unless a wake-up came after it began: its jobs may have committed after
+                // its claim.
+                if !books.full && done.seq == self.wake_seq {
                     self.dry.insert((done.node, true));
                 }
                 if !report.long.is_empty() {
@@ -1041,7 +1066,9 @@ impl Dispatch {
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "a batch failed and was rolled back; its jobs stay pending");
                 books.full = false;
-                self.dry.insert((done.node, true));
+                if done.seq == self.wake_seq {
+                    self.dry.insert((done.node, true));
+                }
             }
             None => {}
         }
