@@ -92,6 +92,10 @@ struct Args {
     /// Finished jobs in the table for `history`.
     #[arg(long, default_value_t = 1_000_000)]
     history: usize,
+    /// Run only these measurements (comma-separated): enqueue_single, enqueue_bulk, process,
+    /// process_write, latency, raw, history. All when absent.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Channels of the benchmark's worker.
     #[arg(long, default_value = "root:4")]
     channels: String,
@@ -149,65 +153,103 @@ fn main() -> Res<()> {
          CREATE INDEX bench_raw_pending ON bench_raw (id) WHERE state = 'pending';"
     ))?;
     let mut results: Vec<(&str, f64)> = Vec::new();
+    let known = ["enqueue_single", "enqueue_bulk", "process", "process_write", "latency", "raw", "history"];
+    if let Some(bad) = args.only.iter().find(|o| !known.contains(&o.as_str())) {
+        return Err(
+            format!("unknown measurement {bad:?} in --only; expected some of {}", known.join(", ")).into()
+        );
+    }
+    let want = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
 
     // enqueue_single: one job per transaction.
-    let n = (args.jobs / 4).max(100);
-    let start = Instant::now();
-    for _ in 0..n {
-        db.transaction(Context::new(), |_| Item::queue().noop(NoRecords))?;
+    if want("enqueue_single") {
+        let n = (args.jobs / 4).max(100);
+        let start = Instant::now();
+        for _ in 0..n {
+            db.transaction(Context::new(), |_| Item::queue().noop(NoRecords))?;
+        }
+        results.push(("enqueue_single", n as f64 / start.elapsed().as_secs_f64()));
+        clear(&db)?;
     }
-    results.push(("enqueue_single", n as f64 / start.elapsed().as_secs_f64()));
-    clear(&db)?;
 
-    // enqueue_bulk: many per transaction.
-    let start = Instant::now();
-    enqueue_noops(&db, args.jobs)?;
-    results.push(("enqueue_bulk", args.jobs as f64 / start.elapsed().as_secs_f64()));
+    // enqueue_bulk: many per transaction; process: those jobs, no-ops.
+    if want("enqueue_bulk") || want("process") {
+        let start = Instant::now();
+        enqueue_noops(&db, args.jobs)?;
+        results.push(("enqueue_bulk", args.jobs as f64 / start.elapsed().as_secs_f64()));
+        if want("process") {
+            results.push(("process", process(&db, &channels, args.jobs)?));
+        }
+        clear(&db)?;
+    }
 
-    // process: a pre-filled queue of no-op jobs, then of jobs writing one row each.
-    results.push(("process", process(&db, &channels, args.jobs)?));
-    clear(&db)?;
-    db.transaction(Context::new(), |_| {
-        queue_diesel::bulk(|| {
-            for v in 0..args.jobs {
-                Item::queue().write_one(NoRecords, v as i64)?;
-            }
-            Ok(())
-        })
-    })?;
-    results.push(("process_write", process(&db, &channels, args.jobs)?));
-    clear(&db)?;
+    // process_write: jobs writing one row each.
+    if want("process_write") {
+        db.transaction(Context::new(), |_| {
+            queue_diesel::bulk(|| {
+                for v in 0..args.jobs {
+                    Item::queue().write_one(NoRecords, v as i64)?;
+                }
+                Ok(())
+            })
+        })?;
+        results.push(("process_write", process(&db, &channels, args.jobs)?));
+        clear(&db)?;
+    }
 
-    // latency: enqueue-commit → start, on an idle worker.
-    let (p50, p99, max) = latency(&db, &db, &channels, args.latency_jobs)?;
+    if want("latency") {
+        latencies(&db, &scratch.url, &channels, args.latency_jobs, &mut results)?;
+    }
+    if want("raw") {
+        results.push(("raw_insert_jobs", raw_insert_jobs(&db, args.jobs)?));
+        clear(&db)?;
+        results.push(("raw_insert_bulk", raw_insert_bulk(&db, args.jobs)?));
+        results.push(("raw_claim_complete", raw_claim_complete(&db, 1)?));
+        raw_fill(&db, args.jobs)?;
+        results.push(("raw_claim_complete_batch", raw_claim_complete(&db, 100)?));
+        clear(&db)?;
+    }
+
+    // history: process again with many finished jobs in the table.
+    if want("history") {
+        fill_history(&db, args.history)?;
+        enqueue_noops(&db, args.jobs)?;
+        results.push(("history", process(&db, &channels, args.jobs)?));
+    }
+
+    results.push(("peak_rss_mb", peak_rss_mb()));
+    print(&args, &db, &channels, &results);
+    drop(db);
+    drop(scratch);
+    Ok(())
+}
+
+/// Enqueue-commit → start on an idle worker, queued in its process and through another handle.
+fn latencies(
+    db: &Database,
+    url: &str,
+    channels: &queue_diesel::ChannelConfig,
+    n: usize,
+    results: &mut Vec<(&str, f64)>,
+) -> Res<()> {
+    let (p50, p99, max) = latency(db, db, channels, n)?;
     results.push(("latency_p50_ms", p50));
     results.push(("latency_p99_ms", p99));
     results.push(("latency_max_ms", max));
-    clear(&db)?;
+    clear(db)?;
     // The same, queued through another handle of the database, as another process would: the
-    // worker learns of it through NOTIFY on PostgreSQL, by its poll on SQLite.
-    let other = Database::builder(&scratch.url).worker(true).no_delay(false).pool_size(2).open()?;
-    let (p50, p99, max) = latency(&db, &other, &channels, args.latency_jobs.min(50))?;
+    // worker learns of it through NOTIFY on PostgreSQL, its data_version watcher on SQLite.
+    let other = Database::builder(url).worker(true).no_delay(false).pool_size(2).open()?;
+    let (p50, p99, max) = latency(db, &other, channels, n.min(50))?;
     drop(other);
     results.push(("latency_remote_p50_ms", p50));
     results.push(("latency_remote_p99_ms", p99));
     results.push(("latency_remote_max_ms", max));
-    clear(&db)?;
+    clear(db)
+}
 
-    // The same work in hand-written SQL.
-    results.push(("raw_insert_jobs", raw_insert_jobs(&db, args.jobs)?));
-    clear(&db)?;
-    results.push(("raw_insert_bulk", raw_insert_bulk(&db, args.jobs)?));
-    results.push(("raw_claim_complete", raw_claim_complete(&db, 1)?));
-    raw_fill(&db, args.jobs)?;
-    results.push(("raw_claim_complete_batch", raw_claim_complete(&db, 100)?));
-
-    // history: process again with many finished jobs in the table.
-    fill_history(&db, args.history)?;
-    enqueue_noops(&db, args.jobs)?;
-    results.push(("history", process(&db, &channels, args.jobs)?));
-
-    results.push(("peak_rss_mb", peak_rss_mb()));
+/// The results as a table, or as one JSON object with `--json`.
+fn print(args: &Args, db: &Database, channels: &queue_diesel::ChannelConfig, results: &[(&str, f64)]) {
     if args.json {
         let object: serde_json::Map<String, serde_json::Value> = results
             .iter()
@@ -216,7 +258,7 @@ fn main() -> Res<()> {
         println!("{}", serde_json::Value::Object(object));
     } else {
         println!("backend {} ({} jobs, channels {})", db.backend().name(), args.jobs, channels);
-        for (k, v) in &results {
+        for (k, v) in results {
             let unit = if k.ends_with("_ms") {
                 "ms"
             } else if k.ends_with("_mb") {
@@ -227,9 +269,6 @@ fn main() -> Res<()> {
             println!("{k:<26} {v:>12.1} {unit}");
         }
     }
-    drop(db);
-    drop(scratch);
-    Ok(())
 }
 
 fn enqueue_noops(db: &Database, n: usize) -> Res<()> {

@@ -295,6 +295,9 @@ pub trait Store {
     /// Delete up to `limit` jobs in one of `states` that finished before `before`, oldest
     /// first, with their dependency links. Returns how many were deleted.
     fn job_prune(&mut self, params: &PruneParams<'_>) -> Result<usize>;
+    /// Refresh the planner's statistics of the jobs table (PostgreSQL `ANALYZE`; nothing on
+    /// SQLite, whose claims name their index).
+    fn table_analyze(&mut self) -> Result<()>;
     /// PostgreSQL backend pid of this connection (0 on SQLite).
     fn backend_pid(&mut self) -> Result<i32>;
     /// Count jobs per state.
@@ -434,6 +437,16 @@ impl Store for AnyConnection {
         let target = dsl::queue_job.filter(dsl::id.eq_any(&oldest)).filter(dsl::state.eq_any(&states));
         with_backend!(self, c => diesel::delete(target).execute(c))
             .map_err(Error::query("prune finished jobs"))
+    }
+
+    fn table_analyze(&mut self) -> Result<()> {
+        match self {
+            AnyConnection::Sqlite(_) => Ok(()),
+            AnyConnection::Postgres(c) => diesel::sql_query("ANALYZE queue_job")
+                .execute(c)
+                .map(|_| ())
+                .map_err(Error::query("refresh the statistics of the jobs table")),
+        }
     }
 
     fn backend_pid(&mut self) -> Result<i32> {

@@ -301,6 +301,27 @@ fn store_verdict(
 /// down the lease path, where they show as `started` and hold no other job back.
 pub const LONG_RUN: Duration = Duration::from_secs(1);
 
+/// A claim slower than this on PostgreSQL means the planner has stale statistics (typically a
+/// burst of jobs queued into a table analyzed while nearly empty: it then sorts every pending job
+/// on each claim instead of reading the claim index in order).
+pub(crate) const SLOW_CLAIM: Duration = Duration::from_millis(25);
+
+/// `ANALYZE` the jobs table, at most once per half minute across the process, rather than wait
+/// for autovacuum to notice the burst.
+pub(crate) fn refresh_statistics(conn: &mut AnyConnection) {
+    use std::sync::atomic::AtomicU64;
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    if now < last + 30 || LAST.compare_exchange(last, now, Ordering::SeqCst, Ordering::Relaxed).is_err() {
+        return;
+    }
+    tracing::info!("claims are slow: refreshing the statistics of the jobs table");
+    if let Err(e) = conn.table_analyze() {
+        tracing::warn!(error = %chain(&e), "cannot refresh the statistics of the jobs table");
+    }
+}
+
 /// What one batch may take.
 #[derive(Debug, Clone)]
 pub(crate) struct BatchTicket {
@@ -372,9 +393,11 @@ pub(crate) fn run_batch(
         let started = db.now();
         let clock = Instant::now();
         let more = std::cell::Cell::new(false);
+        let claim_took = std::cell::Cell::new(Duration::ZERO);
         let ran = in_transaction_on::<_, BatchAbort>(conn, |conn| {
             control.pg_pid.store(pid, Ordering::SeqCst);
             let level = depth(conn).map_err(Error::query("read the transaction depth"))?;
+            let at = Instant::now();
             let rows = conn.job_claim_batch(&ClaimParams {
                 worker_id: &ticket.worker_id,
                 lease_token: "",
@@ -385,6 +408,7 @@ pub(crate) fn run_batch(
                 funcs: Some(&ticket.funcs),
                 ignore_eta: only.is_some(),
             })?;
+            claim_took.set(at.elapsed());
             more.set(only.is_none() && rows.len() as i64 >= ticket.limit as i64);
             let mut done: Vec<(i64, Option<String>)> = Vec::with_capacity(rows.len());
             let mut uuids = Vec::with_capacity(rows.len());
@@ -438,6 +462,9 @@ pub(crate) fn run_batch(
         });
         // The connection may serve other work now: it must not be ended for this batch.
         control.pg_pid.store(0, Ordering::SeqCst);
+        if claim_took.get() >= SLOW_CLAIM {
+            refresh_statistics(conn);
+        }
         report.more |= more.get();
         report.per_job = (runs > 0).then(|| busy / runs);
         match ran {

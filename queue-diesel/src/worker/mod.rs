@@ -639,7 +639,12 @@ impl Worker {
             ignore_eta: false,
         };
         let claimed = self.db.conn().and_then(|mut conn| {
-            if sequential { conn.job_claim_sequential(&params) } else { conn.job_claim(&params) }
+            let at = Instant::now();
+            let rows = if sequential { conn.job_claim_sequential(&params) } else { conn.job_claim(&params) };
+            if at.elapsed() >= executor::SLOW_CLAIM {
+                executor::refresh_statistics(&mut conn);
+            }
+            rows
         });
         let claimed_count = claimed.as_ref().map_or(0, Vec::len);
         let mut row_slots: Vec<Vec<(String, usize)>> = vec![Vec::new(); claimed_count];
