@@ -154,6 +154,26 @@ impl Partner {
         Ok(())
     }
 
+    /// Ignores a failed statement: on PostgreSQL that leaves its transaction aborted.
+    pub fn swallows_error(_records: Vec<Partner>, env: &Env) -> JobResult {
+        let _ = diesel::sql_query("SELECT * FROM no_such_table").execute(&mut *env.conn());
+        Ok(())
+    }
+
+    /// Returns a result PostgreSQL cannot store (a NUL character in text).
+    pub fn returns_nul(_records: Vec<Partner>) -> JobResult<String> {
+        Ok("before\0after".into())
+    }
+
+    /// Queues its successor under its own identity key while it runs, `left` times.
+    pub fn chain_keyed(_records: Vec<Partner>, key: String, left: u32) -> JobResult<String> {
+        if left == 0 {
+            return Ok("last".into());
+        }
+        let next = Partner::queue().identity_key(key.clone()).chain_keyed(NoRecords, key, left - 1)?;
+        Ok(if next.existing() { "successor dropped".into() } else { "successor queued".into() })
+    }
+
     /// Cancels itself.
     pub fn give_up(_records: Vec<Partner>) -> JobResult {
         Err(JobError::Cancel("not needed any more".into()))

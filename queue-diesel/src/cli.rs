@@ -252,10 +252,9 @@ pub fn run(cli: Cli) -> Result<()> {
                     } else {
                         queue_core::options::parse_duration(&older_than)?
                     };
-                    let before =
-                        db.now() - chrono::TimeDelta::from_std(age).unwrap_or(chrono::TimeDelta::MAX);
                     let mut deleted = 0;
-                    loop {
+                    // `None`: older than any date, so nothing is that old.
+                    while let Some(before) = crate::maintenance::pruner::cutoff(db.now(), age) {
                         let n = conn.job_prune(&PruneParams { states: &states, before, limit: 5_000 })?;
                         deleted += n;
                         if n < 5_000 {

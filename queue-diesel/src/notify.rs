@@ -121,6 +121,36 @@ pub(crate) fn spawn_sqlite_watcher<E: Send + 'static>(
     })
 }
 
+/// libpq settings that keep the listener from blocking for long on a server that vanished
+/// without closing the connection (which would also delay a worker's shutdown): a connect
+/// timeout, and TCP keepalives that give up on a silent peer within about a minute. Settings the
+/// URL already names are left alone.
+const LISTENER_OPTIONS: [(&str, &str); 5] = [
+    ("connect_timeout", "10"),
+    ("keepalives", "1"),
+    ("keepalives_idle", "30"),
+    ("keepalives_interval", "10"),
+    ("keepalives_count", "3"),
+];
+
+/// `url` with [`LISTENER_OPTIONS`] added (URI or `key=value` form).
+fn bounded(url: &str) -> String {
+    let uri = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    let mut out = url.to_owned();
+    for (key, value) in LISTENER_OPTIONS {
+        if url.contains(&format!("{key}=")) {
+            continue;
+        }
+        if uri {
+            out.push(if out.contains('?') { '&' } else { '?' });
+            out.push_str(&format!("{key}={value}"));
+        } else {
+            out.push_str(&format!(" {key}={value}"));
+        }
+    }
+    out
+}
+
 /// A libpq connection that has run `LISTEN`, closed on drop.
 struct Listener {
     conn: *mut pq::PGconn,
@@ -135,7 +165,8 @@ impl Drop for Listener {
 
 impl Listener {
     fn connect(url: &str) -> Result<Listener, String> {
-        let info = CString::new(url).map_err(|_| "the database URL contains a NUL byte".to_owned())?;
+        let info =
+            CString::new(bounded(url)).map_err(|_| "the database URL contains a NUL byte".to_owned())?;
         // SAFETY: `info` is a valid C string; the result is owned by the `Listener` (even on
         // failure, libpq returns a connection object to finish).
         let conn = unsafe { pq::PQconnectdb(info.as_ptr()) };
@@ -241,3 +272,19 @@ impl Listener {
 // SAFETY: a `Listener` is used by one thread at a time (it is moved into the listener thread);
 // libpq connections may move between threads.
 unsafe impl Send for Listener {}
+
+#[cfg(test)]
+mod tests {
+    use super::bounded;
+
+    #[test]
+    fn the_listener_bounds_its_waits_without_overriding_the_url() {
+        let url = bounded("postgres://u@h/db");
+        assert!(url.starts_with("postgres://u@h/db?connect_timeout=10&keepalives=1&"), "{url}");
+        let url = bounded("postgres://u@h/db?sslmode=disable&connect_timeout=3");
+        assert!(url.contains("connect_timeout=3") && !url.contains("connect_timeout=10"), "{url}");
+        assert!(url.contains("&keepalives_idle=30"), "{url}");
+        let url = bounded("host=h dbname=db");
+        assert!(url.starts_with("host=h dbname=db connect_timeout=10 keepalives=1"), "{url}");
+    }
+}

@@ -97,20 +97,23 @@ fn finished_jobs_are_pruned_past_their_retention(t: TestDb) {
         .transaction(Context::new(), |_| {
             let parent = Partner::queue().export(&list[0], "x".into())?;
             let child = Partner::queue().depends_on(&parent).export(&list[1], "x".into())?;
+            let failing = Partner::queue().write_then_fail(&list[1], "no".into())?;
             Ok::<_, Error>([
                 parent.uuid(),
                 child.uuid(),
                 Partner::queue().give_up(&list[0])?.uuid(),
                 Partner::queue().write_then_fail(&list[0], "no".into())?.uuid(),
                 Partner::queue().flaky(&list[0], 3600)?.uuid(),
+                failing.uuid(),
+                Partner::queue().depends_on(&failing).export(&list[1], "y".into())?.uuid(),
             ])
         })
         .expect("queued");
     Worker::new(db.clone(), WorkerConfig::default()).expect("worker").run_until_idle().expect("runs");
     let state = |i: usize| db.job(&ids[i]).map(|j| j.state);
-    let states: Vec<_> = (0..5).map(|i| state(i).expect("job")).collect();
+    let states: Vec<_> = (0..7).map(|i| state(i).expect("job")).collect();
     use JobState::*;
-    assert_eq!(states, [Done, Done, Cancelled, Failed, Pending]);
+    assert_eq!(states, [Done, Done, Cancelled, Failed, Pending, Failed, WaitDependencies]);
     let links = || -> i64 {
         let mut conn = db.conn().expect("conn");
         match &mut *conn {
@@ -119,7 +122,7 @@ fn finished_jobs_are_pruned_past_their_retention(t: TestDb) {
         }
         .expect("count")
     };
-    assert_eq!(links(), 1);
+    assert_eq!(links(), 2);
 
     let hour = Duration::from_secs(3600);
     let pruner = Pruner::new(db.clone(), Retention { done: Some(hour), failed: Some(2 * hour) });
@@ -127,11 +130,13 @@ fn finished_jobs_are_pruned_past_their_retention(t: TestDb) {
     clock.advance(chrono::TimeDelta::minutes(90));
     assert_eq!(pruner.run_once().expect("prunes"), 3, "done and cancelled jobs past an hour");
     assert!((0..3).all(|i| matches!(state(i), Err(Error::JobNotFound(_)))), "deleted");
-    assert_eq!(links(), 0, "their dependency links went with them");
+    assert_eq!(links(), 1, "their dependency links went with them");
     assert_eq!((state(3).expect("kept"), state(4).expect("kept")), (Failed, Pending));
     clock.advance(chrono::TimeDelta::minutes(60));
     assert_eq!(pruner.run_once().expect("prunes"), 1, "failed jobs past two hours");
     assert_eq!(state(4).expect("an unfinished job is never pruned"), Pending);
+    assert_eq!(state(5).expect("a parent still waited for stays"), Failed);
+    assert_eq!(links(), 1);
     let forever = Pruner::new(db.clone(), Retention { done: None, failed: None });
     clock.advance(chrono::TimeDelta::days(365));
     assert_eq!(forever.run_once().expect("prunes"), 0);

@@ -14,6 +14,8 @@ backend_tests!(
     shutdown_after_grace_gives_running_jobs_back,
     a_failing_job_leaves_the_rest_of_its_batch_whole,
     a_function_seen_running_long_leaves_the_batches,
+    a_running_job_frees_its_identity_key,
+    a_batch_failing_as_a_whole_runs_its_jobs_alone,
     a_wake_up_during_a_batch_is_not_lost,
     two_workers_never_run_a_job_twice,
     unusable_worker_settings_are_refused,
@@ -185,6 +187,74 @@ fn a_failing_job_leaves_the_rest_of_its_batch_whole(t: TestDb) {
     assert_eq!((job(6).state, job(6).exc_name.as_deref()), (JobState::Failed, Some("QueueError")));
     assert_ne!(t.partner(list[6].id).expect("partner").note, "leaked");
     assert_eq!((job(7).state, job(7).exc_name.as_deref()), (JobState::Pending, Some("Retry")));
+}
+
+fn a_batch_failing_as_a_whole_runs_its_jobs_alone(t: TestDb) {
+    let list = t.partners(&["a", "b", "c", "d"]);
+    // On PostgreSQL: `swallows_error` leaves the batch's transaction aborted, so the export after
+    // it fails for no fault of its own; `returns_nul` makes the batch's `done` update fail. Either
+    // way no job can be blamed from the batch: each runs alone, where a failure is its own.
+    let ids: Vec<JobId> =
+        t.db.transaction(Context::new(), |_| {
+            let q = |p: i32| Partner::queue().priority(p);
+            Ok::<_, queue_diesel::Error>(vec![
+                q(1).export(&list[0], "x".into())?.uuid(),
+                q(2).swallows_error(&list[1])?.uuid(),
+                q(3).export(&list[2], "x".into())?.uuid(),
+                q(4).returns_nul(&list[3])?.uuid(),
+            ])
+        })
+        .expect("queued");
+    let worker = Worker::new(t.db.clone(), WorkerConfig::default()).expect("worker");
+    let shutdown = Shutdown::new();
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&shutdown);
+        let run = s.spawn(|| worker.run(&shutdown));
+        let settled = || ids.iter().all(|id| t.db.job(id).is_ok_and(|j| j.state.is_finished()));
+        assert!(wait_for(Duration::from_secs(20), settled), "every job finished");
+        shutdown.trigger();
+        run.join().expect("no panic").expect("clean stop");
+    });
+    let job = |i: usize| t.db.job(&ids[i]).expect("job");
+    for i in [0, 2] {
+        assert_eq!((job(i).state, job(i).attempts), (JobState::Done, 1), "job {i}");
+        assert_eq!(t.partner(list[i].id).expect("partner").exports, 1, "written exactly once");
+    }
+    match t.db.backend() {
+        Backend::Postgres => {
+            assert_eq!((job(1).state, job(1).exc_name.as_deref()), (JobState::Failed, Some("QueueError")));
+            assert_eq!((job(3).state, job(3).exc_name.as_deref()), (JobState::Failed, Some("QueueError")));
+        }
+        Backend::Sqlite => {
+            assert_eq!(job(1).state, JobState::Done, "SQLite does not abort a transaction on an error");
+            assert_eq!(job(3).result.as_deref(), Some("before\0after"));
+        }
+    }
+}
+
+fn a_running_job_frees_its_identity_key(t: TestDb) {
+    // A job that has started no longer holds its key, in a batch as alone: it can queue its
+    // own successor under the same key.
+    t.db.transaction(Context::new(), |_| {
+        Partner::queue().identity_key("tick").chain_keyed(NoRecords, "tick".into(), 2)
+    })
+    .expect("queued");
+    let worker = Worker::new(t.db.clone(), WorkerConfig::default()).expect("worker");
+    let shutdown = Shutdown::new();
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&shutdown);
+        let run = s.spawn(|| worker.run(&shutdown));
+        assert!(
+            wait_for(Duration::from_secs(10), || all_done(&t.db, 3)),
+            "the job and its two successors ran"
+        );
+        shutdown.trigger();
+        run.join().expect("no panic").expect("clean stop");
+    });
+    let done = t.db.jobs(&ListParams { state: Some(JobState::Done), ..ListParams::default() }).expect("list");
+    let mut results: Vec<_> = done.iter().filter_map(|j| j.result.clone()).collect();
+    results.sort();
+    assert_eq!(results, ["last", "successor queued", "successor queued"]);
 }
 
 fn a_function_seen_running_long_leaves_the_batches(t: TestDb) {

@@ -24,7 +24,7 @@ pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 const CHUNK: i64 = 5_000;
 /// Most jobs one pass deletes, so that a worker catching up on a long history goes back to its
 /// jobs in between.
-const MAX_PER_PASS: usize = 100_000;
+const MAX_PER_PASS: usize = 20_000;
 /// Advisory lock that lets one PostgreSQL worker prune at a time.
 const PRUNE_LOCK: i64 = 0x7175_6575_655f_7072; // "queue_pr"
 
@@ -41,6 +41,14 @@ impl Default for Retention {
     fn default() -> Self {
         Retention { done: Some(DEFAULT_KEEP_DONE), failed: Some(DEFAULT_KEEP_FAILED) }
     }
+}
+
+/// `now - keep`; `None` when that is before any date (nothing is that old).
+pub(crate) fn cutoff(
+    now: chrono::DateTime<chrono::Utc>,
+    keep: Duration,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::TimeDelta::from_std(keep).ok().and_then(|keep| now.checked_sub_signed(keep))
 }
 
 /// Parse a retention setting: a duration (`"36h"`, `"7d"`) or `"forever"`.
@@ -78,7 +86,7 @@ impl Pruner {
         let mut deleted = 0;
         for (keep, states) in classes {
             let Some(keep) = keep else { continue };
-            let before = self.db.now() - chrono::TimeDelta::from_std(keep).unwrap_or(chrono::TimeDelta::MAX);
+            let Some(before) = cutoff(self.db.now(), keep) else { continue };
             while deleted < MAX_PER_PASS {
                 let params = PruneParams { states, before, limit: CHUNK };
                 let Some(n) = prune_chunk(&mut conn, &params)? else { return Ok(deleted) };
@@ -126,5 +134,13 @@ mod tests {
         assert_eq!(parse_keep(" Forever ", "k").expect("ok"), None);
         let e = parse_keep("a while", "QUEUE_KEEP_DONE").expect_err("refused").to_string();
         assert!(e.starts_with("QUEUE_KEEP_DONE: expected a duration like \"7d\" or \"forever\""), "{e}");
+    }
+
+    #[test]
+    fn a_retention_longer_than_the_calendar_keeps_everything() {
+        let now = chrono::Utc::now();
+        assert_eq!(cutoff(now, Duration::from_secs(u64::MAX)), None);
+        assert_eq!(cutoff(now, Duration::from_secs(100_000_000 * 86_400)), None);
+        assert_eq!(cutoff(now, Duration::from_secs(60)), Some(now - chrono::TimeDelta::seconds(60)));
     }
 }

@@ -298,6 +298,11 @@ pub trait Store {
     /// Refresh the planner's statistics of the jobs table (PostgreSQL `ANALYZE`; nothing on
     /// SQLite, whose claims name their index).
     fn table_analyze(&mut self) -> Result<()>;
+    /// Inside a batch transaction: set the start of the selected jobs that have an identity key,
+    /// so that their key is free for a new job as soon as the batch commits (a caller queueing
+    /// the same key meanwhile waits for that commit, then queues anew; the job itself may queue
+    /// its successor under its own key).
+    fn job_free_keys(&mut self, ids: &[i64], started: DateTime<Utc>) -> Result<()>;
     /// PostgreSQL backend pid of this connection (0 on SQLite).
     fn backend_pid(&mut self) -> Result<i32>;
     /// Count jobs per state.
@@ -422,10 +427,14 @@ impl Store for AnyConnection {
             return Err(Error::Config(format!("only finished jobs can be pruned, not {bad} ones")));
         }
         let states: Vec<&str> = p.states.iter().map(|s| s.as_str()).collect();
-        let oldest: Vec<i64> = with_backend!(self, c => dsl::queue_job
+        use crate::schema::queue_job_dependency as dep;
+        let before = p.before.naive_utc();
+        // A job inserted `cancelled` (its parent was) never got a `date_done`: its creation counts.
+        let old = dsl::date_done.lt(before).or(dsl::date_done.is_null().and(dsl::date_created.lt(before)));
+        let mut oldest: Vec<i64> = with_backend!(self, c => dsl::queue_job
             .select(dsl::id)
             .filter(dsl::state.eq_any(&states))
-            .filter(dsl::date_done.lt(p.before.naive_utc()))
+            .filter(old)
             .order(dsl::id)
             .limit(p.limit)
             .load(c))
@@ -433,10 +442,34 @@ impl Store for AnyConnection {
         if oldest.is_empty() {
             return Ok(0);
         }
+        // A parent whose children still wait for it (a failed one, until an operator acts) stays:
+        // its links are what keeps them waiting.
+        let waiting =
+            dsl::queue_job.filter(dsl::state.eq(JobState::WaitDependencies.as_str())).select(dsl::id);
+        let needed: Vec<i64> = with_backend!(self, c => dep::table
+            .filter(dep::parent_id.eq_any(&oldest))
+            .filter(dep::child_id.eq_any(waiting))
+            .select(dep::parent_id)
+            .load(c))
+        .map_err(Error::query("find the parents still waited for"))?;
+        oldest.retain(|id| !needed.contains(id));
         // The state is checked again: an operator may have requeued one meanwhile.
         let target = dsl::queue_job.filter(dsl::id.eq_any(&oldest)).filter(dsl::state.eq_any(&states));
         with_backend!(self, c => diesel::delete(target).execute(c))
             .map_err(Error::query("prune finished jobs"))
+    }
+
+    fn job_free_keys(&mut self, ids: &[i64], started: DateTime<Utc>) -> Result<()> {
+        use queue_job::dsl;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let target = dsl::queue_job.filter(dsl::id.eq_any(ids));
+        with_backend!(self, c => diesel::update(target)
+            .set(dsl::date_started.eq(Some(started.naive_utc())))
+            .execute(c))
+        .map(|_| ())
+        .map_err(Error::query("free the identity keys of a batch"))
     }
 
     fn table_analyze(&mut self) -> Result<()> {

@@ -7,7 +7,8 @@
 //!   that had succeeded before it run again in a new batch.
 //! - **Lease** ([`run_claimed`]): a job claimed under a lease (committed `started`) runs in its
 //!   own transaction, which stores its outcome fenced by the lease. Jobs of isolated functions,
-//!   of functions with a timeout and of sequential channels take this path.
+//!   of functions with a timeout or seen running long, and of sequential channels take this
+//!   path; so do the jobs of a batch that failed as a whole, one by one.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -394,6 +395,8 @@ pub(crate) fn run_batch(
         let clock = Instant::now();
         let more = std::cell::Cell::new(false);
         let claim_took = std::cell::Cell::new(Duration::ZERO);
+        // The jobs this round started, in order (to run alone if the batch fails as a whole).
+        let started_jobs = std::cell::RefCell::new(Vec::new());
         let ran = in_transaction_on::<_, BatchAbort>(conn, |conn| {
             control.pg_pid.store(pid, Ordering::SeqCst);
             let level = depth(conn).map_err(Error::query("read the transaction depth"))?;
@@ -409,6 +412,8 @@ pub(crate) fn run_batch(
                 ignore_eta: only.is_some(),
             })?;
             claim_took.set(at.elapsed());
+            let keyed: Vec<i64> = rows.iter().filter(|r| r.identity_key.is_some()).map(|r| r.id).collect();
+            conn.job_free_keys(&keyed, started)?;
             more.set(only.is_none() && rows.len() as i64 >= ticket.limit as i64);
             let mut done: Vec<(i64, Option<String>)> = Vec::with_capacity(rows.len());
             let mut uuids = Vec::with_capacity(rows.len());
@@ -422,9 +427,15 @@ pub(crate) fn run_batch(
                 if control.is_cancelled() {
                     return Err(BatchAbort::Abandoned);
                 }
+                started_jobs.borrow_mut().push(row.uuid.clone());
                 let at = Instant::now();
                 let outcome = run_in_batch(db, conn, row, control, level);
                 let took = at.elapsed();
+                // Stopping: whatever the body concluded (it may have given up because it was
+                // told to), nothing of the batch is stored.
+                if control.is_cancelled() {
+                    return Err(BatchAbort::Abandoned);
+                }
                 busy += took;
                 runs += 1;
                 if took >= LONG_RUN && !report.long.contains(&row.func) {
@@ -473,6 +484,12 @@ pub(crate) fn run_batch(
                 report.queued.extend(queued);
                 return Ok(report);
             }
+            Err(BatchAbort::Failed { verdict, .. }) if is_aborted_transaction(&verdict) => {
+                // A body before this job left the transaction aborted: blame is unclear.
+                report.finished += run_each_alone(db, conn, &ticket.worker_id, &started_jobs.borrow());
+                report.more = true;
+                return Ok(report);
+            }
             Err(BatchAbort::Failed { ran, row, function, verdict }) => {
                 if store_alone(db, conn, &ticket.worker_id, &row, function, verdict) {
                     report.finished += 1;
@@ -483,8 +500,26 @@ pub(crate) fn run_batch(
                 only = Some(ran);
             }
             Err(BatchAbort::Abandoned) => return Ok(report),
+            Err(BatchAbort::Library(e)) if !e.is_transient() && !started_jobs.borrow().is_empty() => {
+                tracing::warn!(error = %chain(&e), "a batch failed as a whole; running its jobs one by one");
+                report.finished += run_each_alone(db, conn, &ticket.worker_id, &started_jobs.borrow());
+                report.more = true;
+                return Ok(report);
+            }
             Err(BatchAbort::Library(e)) => return Err(e),
         }
+    }
+}
+
+/// True for the failure of a job that only met a transaction some earlier statement had aborted
+/// (PostgreSQL refuses every statement after an error until the transaction ends).
+fn is_aborted_transaction(verdict: &JobError) -> bool {
+    match verdict {
+        JobError::Failed { message, info, .. } => {
+            let text = format!("{message} {info}");
+            text.contains("current transaction is aborted")
+        }
+        _ => false,
     }
 }
 
@@ -524,9 +559,9 @@ fn run_in_batch(
 }
 
 /// Store the verdict of a job whose batch was rolled back, on that job alone: claim it under a
-/// lease (its try counted), then store the verdict fenced by the lease. False when the job was
-/// no longer `pending` (an operator acted meanwhile) or the database failed (it stays `pending`
-/// or is rescued).
+/// lease (its try counted) and store the verdict, in one transaction. False when the job was no
+/// longer `pending` (an operator acted meanwhile) or the database failed (then it stays `pending`
+/// and runs again in a later batch).
 fn store_alone(
     db: &Database,
     conn: &mut AnyConnection,
@@ -535,28 +570,66 @@ fn store_alone(
     function: Option<&JobFunction>,
     verdict: JobError,
 ) -> bool {
-    let lease = JobId::new().to_string();
-    let uuids = [row.uuid.clone()];
-    let claimed = conn.job_claim(&ClaimParams {
+    let stored = in_transaction_on::<_, Error>(conn, |conn| {
+        let lease = JobId::new().to_string();
+        let Some(claimed) = claim_alone(db, conn, worker_id, &lease, &row.uuid)? else { return Ok(false) };
+        match store_verdict(db, conn, &claimed, &lease, function, verdict).state {
+            Some(_) => Ok(true),
+            None => Err(Error::LeaseLost(row.uuid.clone())),
+        }
+    });
+    stored.unwrap_or_else(|e| {
+        tracing::warn!(job = %row.uuid, error = %chain(&e), "cannot store a failed job's outcome now; it stays pending and will run again");
+        false
+    })
+}
+
+/// Claim one `pending` job by uuid under `lease`, due or not.
+fn claim_alone(
+    db: &Database,
+    conn: &mut AnyConnection,
+    worker_id: &str,
+    lease: &str,
+    uuid: &str,
+) -> Result<Option<JobRow>, Error> {
+    let uuids = [uuid.to_owned()];
+    let rows = conn.job_claim(&ClaimParams {
         worker_id,
-        lease_token: &lease,
+        lease_token: lease,
         now: db.now(),
         limit: 1,
         channel: None,
         uuids: Some(&uuids),
         funcs: None,
         ignore_eta: true,
-    });
-    match claimed {
-        Ok(rows) => match rows.first() {
-            Some(claimed) => store_verdict(db, conn, claimed, &lease, function, verdict).state.is_some(),
-            None => false,
-        },
-        Err(e) => {
-            tracing::warn!(job = %row.uuid, error = %chain(&e), "cannot store a failed job's outcome now; it stays pending and will run again");
-            false
+    })?;
+    Ok(rows.into_iter().next())
+}
+
+/// After a batch failed in a way no single job can be blamed for (its `done` update or its
+/// commit was refused, or a body let the transaction abort and a later job paid for it): run
+/// each of the jobs it had started alone, on the lease path, where a failure belongs to its job.
+/// Returns how many runs ended.
+fn run_each_alone(db: &Database, conn: &mut AnyConnection, worker_id: &str, uuids: &[String]) -> usize {
+    let mut finished = 0;
+    for uuid in uuids {
+        let lease = JobId::new().to_string();
+        match claim_alone(db, conn, worker_id, &lease, uuid) {
+            Ok(Some(row)) => {
+                let outcome = run_claimed(db, conn, &row);
+                if outcome.unsettled {
+                    let _ = conn.job_release(&[row.id], &lease);
+                }
+                finished += usize::from(outcome.state.is_some());
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(job = %uuid, error = %chain(&e), "cannot run a job alone now; it stays pending");
+                return finished;
+            }
         }
     }
+    finished
 }
 
 /// Jobs claimed at once by [`run_after_commit`]: few, so a crash leaves few claimed.

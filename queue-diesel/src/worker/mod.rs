@@ -10,8 +10,9 @@
 //!   [`executor`]). A batch takes one slot, since its jobs run one at a time. Its size adapts so
 //!   that it lasts about `batch_time`; or
 //! - a **leased job**: jobs of isolated functions, of functions with a timeout, of functions seen
-//!   to run long, and of sequential channels are claimed by the dispatcher (committed `started`)
-//!   and each run in its own transaction.
+//!   to run long (over [`executor::LONG_RUN`], from then on in this worker), and of sequential
+//!   channels are claimed by the dispatcher (committed `started`) and each run in its own
+//!   transaction.
 
 pub mod executor;
 
@@ -470,7 +471,8 @@ impl Worker {
         self.db.remove_waker(waker);
         drop(jobs_tx);
         self.drain(&events_rx, &mut state);
-        // Its connection is closed before this returns (it notices the flag within 100 ms).
+        // Its connection is closed before this returns (it notices the flag within 100 ms, or
+        // once a connection attempt or a ping to a vanished server times out).
         let _ = listener.join();
         let stats = state.stats;
         tracing::info!(
@@ -1049,12 +1051,17 @@ impl Dispatch {
                 self.stats.claimed += report.finished as u64;
                 self.stats.finished += report.finished as u64;
                 books.full = report.more;
+                if report.more {
+                    // Whatever a concurrent batch concluded, jobs are left.
+                    self.dry.remove(&(done.node.clone(), true));
+                }
                 if let Some(per_job) = report.per_job {
                     books.per_job = Some(books.per_job.map_or(per_job, |old| (old + per_job) / 2));
                 }
-                // Dry, unless a wake-up came after it began: its jobs may have committed after
-                // its claim.
-                if !books.full && done.seq == self.wake_seq {
+                // Dry, unless a wake-up came after it began (its jobs may have committed after
+                // its claim) or another batch still runs (this one may have come up short only
+                // because that one holds the rows).
+                if !books.full && books.running == 0 && done.seq == self.wake_seq {
                     self.dry.insert((done.node, true));
                 }
                 if !report.long.is_empty() {
@@ -1071,7 +1078,7 @@ impl Dispatch {
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "a batch failed and was rolled back; its jobs stay pending");
                 books.full = false;
-                if done.seq == self.wake_seq {
+                if books.running == 0 && done.seq == self.wake_seq {
                     self.dry.insert((done.node, true));
                 }
             }
