@@ -6,7 +6,8 @@
 //! `latency_remote_p99_ms`, `latency_remote_max_ms` (queued through another database handle, as
 //! from another process), `raw_claim_complete`, `raw_insert_jobs` (the rows `enqueue_bulk`
 //! stores, into the queue's table, by hand), `raw_claim_complete_batch`,
-//! `raw_insert_bulk`, `history` (jobs/s unless named `_ms`), and `peak_rss_mb`.
+//! `raw_insert_bulk`, `history` (jobs/s unless named `_ms`), `peak_rss_mb`, and
+//! `process_rss_growth_mb` (how much the resident memory grew while workers processed queues).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -218,6 +219,7 @@ fn main() -> Res<()> {
     }
 
     results.push(("peak_rss_mb", peak_rss_mb()));
+    results.push(("process_rss_growth_mb", *PROCESS_RSS_GROWTH.lock().unwrap_or_else(|p| p.into_inner())));
     print(&args, &db, &channels, &results);
     drop(db);
     drop(scratch);
@@ -316,15 +318,21 @@ fn unfinished(db: &Database) -> Res<i64> {
 }
 
 /// Run a worker until the queue is empty; jobs/s for `n` jobs.
+/// The most the process's resident memory grew while a worker processed a queue, in MiB.
+static PROCESS_RSS_GROWTH: Mutex<f64> = Mutex::new(0.0);
+
 fn process(db: &Database, channels: &queue_diesel::ChannelConfig, n: usize) -> Res<f64> {
     let worker =
         Worker::new(db.clone(), WorkerConfig { channels: channels.clone(), ..WorkerConfig::default() })?;
     let shutdown = Shutdown::new();
     let start = Instant::now();
+    let before = rss_mb();
     let elapsed = std::thread::scope(|s| -> Res<Duration> {
         let run = s.spawn(|| worker.run(&shutdown));
         while unfinished(db)? > 0 {
             std::thread::sleep(Duration::from_millis(20));
+            let mut growth = PROCESS_RSS_GROWTH.lock().unwrap_or_else(|p| p.into_inner());
+            *growth = growth.max(rss_mb() - before);
         }
         let elapsed = start.elapsed();
         shutdown.trigger();
@@ -476,9 +484,19 @@ fn fill_history(db: &Database, n: usize) -> Res<()> {
 
 /// Peak resident memory of this process (Linux), in MiB.
 fn peak_rss_mb() -> f64 {
+    status_mb("VmHWM:")
+}
+
+/// The process's resident memory now, in MiB.
+fn rss_mb() -> f64 {
+    status_mb("VmRSS:")
+}
+
+/// A `/proc/self/status` line in kB, as MiB (0 where there is no such file).
+fn status_mb(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
+        .and_then(|s| s.lines().find(|l| l.starts_with(key)).map(str::to_owned))
         .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
         .map_or(0.0, |kb| kb / 1024.0)
 }
