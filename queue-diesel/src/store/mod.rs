@@ -147,6 +147,43 @@ impl JobRow {
     }
 }
 
+/// The columns of a job a batch needs to run it (a batch reads no more: every column costs a
+/// by-name lookup per row).
+#[derive(Debug, Clone, QueryableByName)]
+#[diesel(table_name = queue_job)]
+#[allow(missing_docs)]
+pub struct BatchRow {
+    pub id: i64,
+    pub uuid: String,
+    pub func: String,
+    pub record_ids: String,
+    pub args: String,
+    pub context: String,
+    pub user_id: Option<i64>,
+    pub attempts: i32,
+    pub identity_key: Option<String>,
+}
+
+impl BatchRow {
+    /// The columns, for the claim's `SELECT`.
+    pub(crate) const COLUMNS: &'static str =
+        "id, uuid, func, record_ids, args, context, user_id, attempts, identity_key";
+
+    /// Decode what running the job needs: uuid, record ids, arguments, context.
+    pub fn decode(&self) -> Result<(JobId, Vec<i64>, serde_json::Value, Context)> {
+        let fail = |what: &'static str| {
+            let job = self.uuid.clone();
+            move |e: Box<dyn std::error::Error + Send + Sync>| Error::Decode { what, job, source: e }
+        };
+        let uuid = self.uuid.parse::<JobId>().map_err(|e| fail("uuid")(e.into()))?;
+        let record_ids = serde_json::from_str(&self.record_ids).map_err(|e| fail("record ids")(e.into()))?;
+        let args = serde_json::from_str(&self.args).map_err(|e| fail("arguments")(e.into()))?;
+        let context =
+            Context::from_json(self.user_id, &self.context).map_err(|e| fail("context")(e.into()))?;
+        Ok((uuid, record_ids, args, context))
+    }
+}
+
 /// Which channels a claim may take jobs from: `node` and its sub-channels, less the
 /// sub-channels configured separately (they are claimed on their own).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,7 +324,7 @@ pub trait Store {
     /// them for the transaction, without changing them (`FOR UPDATE SKIP LOCKED` on PostgreSQL;
     /// SQLite's write lock, taken by `BEGIN IMMEDIATE`, already excludes every other writer).
     /// `lease_token` and `worker_id` are not used: the transaction is the claim.
-    fn job_claim_batch(&mut self, params: &ClaimParams<'_>) -> Result<Vec<JobRow>>;
+    fn job_claim_batch(&mut self, params: &ClaimParams<'_>) -> Result<Vec<BatchRow>>;
     /// Inside a batch transaction: mark the jobs selected by [`Store::job_claim_batch`] `done`,
     /// their try counted, in one statement, then store the results of those that returned one
     /// and release the children of those that had dependents.
@@ -357,7 +394,7 @@ impl Store for AnyConnection {
         .map_err(Error::query("claim jobs"))
     }
 
-    fn job_claim_batch(&mut self, params: &ClaimParams<'_>) -> Result<Vec<JobRow>> {
+    fn job_claim_batch(&mut self, params: &ClaimParams<'_>) -> Result<Vec<BatchRow>> {
         if params.limit <= 0 {
             return Ok(Vec::new());
         }
@@ -1101,7 +1138,7 @@ mod claim {
         /// The claimable rows themselves, locked (PostgreSQL) but not changed: a batch's claim.
         pub fn select(p: &ClaimParams<'_>, backend: Backend) -> Sql {
             let mut sql = Sql { text: String::with_capacity(512), binds: Vec::new() };
-            sql.push_claimable(p, backend, "*");
+            sql.push_claimable(p, backend, super::BatchRow::COLUMNS);
             sql
         }
 

@@ -23,7 +23,7 @@ use crate::connection::AnyConnection;
 use crate::database::Database;
 use crate::error::Error;
 use crate::function::{Invocation, JobFunction, registry};
-use crate::store::{ChannelFilter, ClaimParams, DoneParams, FinishParams, JobRow, Store};
+use crate::store::{BatchRow, ChannelFilter, ClaimParams, DoneParams, FinishParams, JobRow, Store};
 use crate::transaction::{Env, JobRun, depth, in_transaction_on};
 
 /// How one run ended.
@@ -360,7 +360,7 @@ enum BatchAbort {
     /// succeeded before it, in order.
     Failed {
         ran: Vec<String>,
-        row: Box<JobRow>,
+        row: Box<BatchRow>,
         function: Option<&'static JobFunction>,
         verdict: JobError,
     },
@@ -529,20 +529,20 @@ fn is_aborted_transaction(verdict: &JobError) -> bool {
 fn run_in_batch(
     db: &Database,
     conn: &mut AnyConnection,
-    row: &JobRow,
+    row: &BatchRow,
     control: &Arc<JobControl>,
     level: u32,
 ) -> Result<(Option<String>, Vec<JobId>), (Option<&'static JobFunction>, JobError)> {
-    let job = row.decode().map_err(|e| {
+    let (uuid, record_ids, args, context) = row.decode().map_err(|e| {
         (None, JobError::Failed { name: "DecodeError".into(), message: e.to_string(), info: chain(&e) })
     })?;
-    let Some(function) = registry().ok().and_then(|r| r.get(&job.func)) else {
-        let message = format!("job function {:?} is not registered in this binary", job.func);
+    let Some(function) = registry().ok().and_then(|r| r.get(&row.func)) else {
+        let message = format!("job function {:?} is not registered in this binary", row.func);
         return Err((None, JobError::failed("UnknownFunction", message)));
     };
-    let run = JobRun { uuid: job.uuid, attempt: row.attempts + 1, control: Some(Arc::clone(control)) };
-    let outcome = Env::enter(conn, job.context, db.clone(), Some(run), |env| {
-        let inv = Invocation { func: function.name(), record_ids: &job.record_ids, args: &job.args };
+    let run = JobRun { uuid, attempt: row.attempts + 1, control: Some(Arc::clone(control)) };
+    let outcome = Env::enter(conn, context, db.clone(), Some(run), |env| {
+        let inv = Invocation { func: function.name(), record_ids: &record_ids, args: &args };
         catch_unwind(AssertUnwindSafe(|| (function.run)(env, &inv)))
             .unwrap_or_else(|p| Err(panic_verdict(p)))
             .map(|result| (result, env.take_queued()))
@@ -566,7 +566,7 @@ fn store_alone(
     db: &Database,
     conn: &mut AnyConnection,
     worker_id: &str,
-    row: &JobRow,
+    row: &BatchRow,
     function: Option<&JobFunction>,
     verdict: JobError,
 ) -> bool {
