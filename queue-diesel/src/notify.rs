@@ -7,7 +7,9 @@
 //!
 //! SQLite has no notifications; a watcher reads `PRAGMA data_version` every couple of
 //! milliseconds instead (it changes when another connection commits, and reading it costs no
-//! I/O), so a job queued by another process wakes the worker just as fast.
+//! I/O), so a job queued by another process wakes an idle worker just as fast. A change that
+//! comes with a commit of this process's executors is taken for theirs: the worker is busy then,
+//! and its poll catches what was committed elsewhere at the same moment.
 
 use std::ffi::{CStr, CString};
 use std::sync::Arc;
@@ -91,6 +93,8 @@ pub(crate) fn spawn_sqlite_watcher<E: Send + 'static>(
     std::thread::Builder::new().name("queue-watch".into()).spawn(move || {
         let mut conn: Option<diesel::SqliteConnection> = None;
         let mut last = None;
+        let own = || crate::transaction::OWN_COMMITS.load(Ordering::Relaxed);
+        let mut last_own = own();
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(WATCH_TICK);
             if conn.is_none() {
@@ -106,10 +110,13 @@ pub(crate) fn spawn_sqlite_watcher<E: Send + 'static>(
             let Some(c) = conn.as_mut() else { continue };
             match diesel::sql_query("PRAGMA data_version").get_result::<Version>(c) {
                 Ok(Version { data_version }) => {
-                    if last.is_some_and(|v| v != data_version) && events.send(wake()).is_err() {
+                    let ours = own();
+                    let foreign = last.is_some_and(|v| v != data_version) && ours == last_own;
+                    if foreign && events.send(wake()).is_err() {
                         return;
                     }
                     last = Some(data_version);
+                    last_own = ours;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the database's version; reconnecting");

@@ -229,6 +229,20 @@ fn rollback_to(conn: &mut AnyConnection, level: u32) {
     }
 }
 
+/// Transactions the worker threads of this process committed (a SQLite watcher tells them from
+/// the commits of applications and other processes).
+pub(crate) static OWN_COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+thread_local! {
+    /// Set on the threads of a running worker: their commits count in [`OWN_COMMITS`].
+    static WORKER_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Count (or stop counting) this thread's commits as a worker's own.
+pub(crate) fn set_worker_thread(on: bool) {
+    WORKER_THREAD.with(|w| w.set(on));
+}
+
 /// Run `f` inside a transaction (or a savepoint) on `conn`: commit on `Ok`, roll back on `Err`
 /// or panic. If `f` leaves the connection at another depth than it found it (it opened a
 /// transaction it did not close, or closed ours), everything is rolled back and that is an error.
@@ -247,6 +261,10 @@ where
             if found != level {
                 rollback_to(conn, level);
                 return Err(E::from(Error::TransactionDepth { expected: level, found }));
+            }
+            // Counted before the commit, so a watcher never sees the commit without the count.
+            if level == 1 && WORKER_THREAD.with(Cell::get) {
+                OWN_COMMITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
             match commit(conn) {
                 Ok(()) => Ok(value),

@@ -17,6 +17,7 @@ backend_tests!(
     a_running_job_frees_its_identity_key,
     a_batch_failing_as_a_whole_runs_its_jobs_alone,
     a_wake_up_during_a_batch_is_not_lost,
+    a_job_queued_elsewhere_wakes_an_idle_worker,
     two_workers_never_run_a_job_twice,
     unusable_worker_settings_are_refused,
     a_database_restart_in_the_middle_of_a_run_loses_nothing,
@@ -283,6 +284,29 @@ fn a_function_seen_running_long_leaves_the_batches(t: TestDb) {
         let (key, second) = queue(300);
         assert!(wait_for(Duration::from_secs(10), || running_now(&key) > 0), "the second job started");
         assert_eq!(t.db.job(&second).expect("job").state, JobState::Started);
+        shutdown.trigger();
+        run.join().expect("no panic").expect("clean stop");
+    });
+}
+
+fn a_job_queued_elsewhere_wakes_an_idle_worker(t: TestDb) {
+    // Queued through another handle of the database, as another process would: no in-process
+    // wake-up; NOTIFY on PostgreSQL, the data_version watcher on SQLite. No poll to fall back on.
+    let list = t.partners(&["ada"]);
+    let config = WorkerConfig { poll_interval: Some(Duration::from_secs(120)), ..WorkerConfig::default() };
+    let worker = Worker::new(t.db.clone(), config).expect("worker");
+    let elsewhere = t.reopen(|b| b);
+    let shutdown = Shutdown::new();
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&shutdown);
+        let run = s.spawn(|| worker.run(&shutdown));
+        std::thread::sleep(Duration::from_millis(300)); // idle, past its first claim
+        for round in 1..=3 {
+            elsewhere
+                .transaction(Context::new(), |_| Partner::queue().export(&list, "x".into()))
+                .expect("queued");
+            assert!(wait_for(Duration::from_secs(10), || all_done(&t.db, round)), "woken for job {round}");
+        }
         shutdown.trigger();
         run.join().expect("no panic").expect("clean stop");
     });

@@ -186,6 +186,7 @@ impl Executors {
         std::thread::Builder::new()
             .name(format!("queue-exec-{}", self.started))
             .spawn(move || {
+                crate::transaction::set_worker_thread(true);
                 // Kept between units of work; dropped after a failure (the pool checks the next).
                 let mut held: Option<crate::database::PooledConn> = None;
                 // The backend pid of `held` (PostgreSQL), read once per connection.
