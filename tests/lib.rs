@@ -422,6 +422,20 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
+/// Run `worker` on a thread of its own while `body` runs, then stop it and check it stopped
+/// cleanly; returns what `body` returned.
+pub fn while_running<R>(worker: &queue_diesel::Worker, body: impl FnOnce() -> R) -> R {
+    let shutdown = queue_diesel::Shutdown::new();
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&shutdown);
+        let run = s.spawn(|| worker.run(&shutdown));
+        let value = body();
+        shutdown.trigger();
+        run.join().expect("no panic").expect("clean stop");
+        value
+    })
+}
+
 /// Claim up to `limit` due jobs of any channel and function under `lease` (worker "w1").
 pub fn claim_any(
     conn: &mut queue_diesel::AnyConnection,

@@ -5,7 +5,9 @@ use std::time::Duration;
 use queue_diesel::prelude::*;
 use queue_diesel::store::ListParams;
 use queue_diesel::{Backend, JobId, JobState, Shutdown, Worker, WorkerConfig};
-use queue_tests::{Partner, StopOnDrop, TestDb, backend_tests, max_running, running_now, wait_for};
+use queue_tests::{
+    Partner, StopOnDrop, TestDb, backend_tests, max_running, running_now, wait_for, while_running,
+};
 
 backend_tests!(
     channel_capacity_limits_concurrent_jobs,
@@ -14,6 +16,7 @@ backend_tests!(
     shutdown_after_grace_gives_running_jobs_back,
     a_failing_job_leaves_the_rest_of_its_batch_whole,
     a_function_seen_running_long_leaves_the_batches,
+    no_batches_when_batch_jobs_is_zero,
     a_running_job_frees_its_identity_key,
     a_batch_failing_as_a_whole_runs_its_jobs_alone,
     a_wake_up_during_a_batch_is_not_lost,
@@ -166,15 +169,10 @@ fn a_failing_job_leaves_the_rest_of_its_batch_whole(t: TestDb) {
         })
         .expect("queued");
     let worker = Worker::new(t.db.clone(), WorkerConfig::default()).expect("worker");
-    let shutdown = Shutdown::new();
-    std::thread::scope(|s| {
-        let _stop = StopOnDrop(&shutdown);
-        let run = s.spawn(|| worker.run(&shutdown));
+    while_running(&worker, || {
         let settled =
             || ids.iter().all(|id| t.db.job(id).is_ok_and(|j| j.attempts == 1 && j.lease_token.is_none()));
         assert!(wait_for(Duration::from_secs(20), settled), "every job ran once");
-        shutdown.trigger();
-        run.join().expect("no panic").expect("clean stop");
     });
     let job = |i: usize| t.db.job(&ids[i]).expect("job");
     for i in [0, 1, 5] {
@@ -207,14 +205,9 @@ fn a_batch_failing_as_a_whole_runs_its_jobs_alone(t: TestDb) {
         })
         .expect("queued");
     let worker = Worker::new(t.db.clone(), WorkerConfig::default()).expect("worker");
-    let shutdown = Shutdown::new();
-    std::thread::scope(|s| {
-        let _stop = StopOnDrop(&shutdown);
-        let run = s.spawn(|| worker.run(&shutdown));
+    while_running(&worker, || {
         let settled = || ids.iter().all(|id| t.db.job(id).is_ok_and(|j| j.state.is_finished()));
         assert!(wait_for(Duration::from_secs(20), settled), "every job finished");
-        shutdown.trigger();
-        run.join().expect("no panic").expect("clean stop");
     });
     let job = |i: usize| t.db.job(&ids[i]).expect("job");
     for i in [0, 2] {
@@ -241,16 +234,11 @@ fn a_running_job_frees_its_identity_key(t: TestDb) {
     })
     .expect("queued");
     let worker = Worker::new(t.db.clone(), WorkerConfig::default()).expect("worker");
-    let shutdown = Shutdown::new();
-    std::thread::scope(|s| {
-        let _stop = StopOnDrop(&shutdown);
-        let run = s.spawn(|| worker.run(&shutdown));
+    while_running(&worker, || {
         assert!(
             wait_for(Duration::from_secs(10), || all_done(&t.db, 3)),
             "the job and its two successors ran"
         );
-        shutdown.trigger();
-        run.join().expect("no panic").expect("clean stop");
     });
     let done = t.db.jobs(&ListParams { state: Some(JobState::Done), ..ListParams::default() }).expect("list");
     let mut results: Vec<_> = done.iter().filter_map(|j| j.result.clone()).collect();
@@ -258,13 +246,26 @@ fn a_running_job_frees_its_identity_key(t: TestDb) {
     assert_eq!(results, ["last", "successor queued", "successor queued"]);
 }
 
+fn no_batches_when_batch_jobs_is_zero(t: TestDb) {
+    // `batch_jobs: 0` (QUEUE_BATCH_JOBS=0): every job runs alone, visibly `started`.
+    let list = t.partners(&["ada"]);
+    let worker =
+        Worker::new(t.db.clone(), WorkerConfig { batch_jobs: 0, ..WorkerConfig::default() }).expect("worker");
+    while_running(&worker, || {
+        let key = key();
+        let id =
+            t.db.transaction(Context::new(), |_| Partner::queue().slow_export(&list, key.clone(), 300))
+                .expect("queued")
+                .uuid();
+        assert!(wait_for(Duration::from_secs(10), || running_now(&key) > 0), "the job started");
+        assert_eq!(t.db.job(&id).expect("job").state, JobState::Started);
+    });
+}
+
 fn a_function_seen_running_long_leaves_the_batches(t: TestDb) {
     let list = t.partners(&["ada"]);
     let worker = Worker::new(t.db.clone(), WorkerConfig::default()).expect("worker");
-    let shutdown = Shutdown::new();
-    std::thread::scope(|s| {
-        let _stop = StopOnDrop(&shutdown);
-        let run = s.spawn(|| worker.run(&shutdown));
+    while_running(&worker, || {
         let queue = |millis: u64| {
             let key = key();
             let job = t
@@ -284,8 +285,6 @@ fn a_function_seen_running_long_leaves_the_batches(t: TestDb) {
         let (key, second) = queue(300);
         assert!(wait_for(Duration::from_secs(10), || running_now(&key) > 0), "the second job started");
         assert_eq!(t.db.job(&second).expect("job").state, JobState::Started);
-        shutdown.trigger();
-        run.join().expect("no panic").expect("clean stop");
     });
 }
 
@@ -296,10 +295,7 @@ fn a_job_queued_elsewhere_wakes_an_idle_worker(t: TestDb) {
     let config = WorkerConfig { poll_interval: Some(Duration::from_secs(120)), ..WorkerConfig::default() };
     let worker = Worker::new(t.db.clone(), config).expect("worker");
     let elsewhere = t.reopen(|b| b);
-    let shutdown = Shutdown::new();
-    std::thread::scope(|s| {
-        let _stop = StopOnDrop(&shutdown);
-        let run = s.spawn(|| worker.run(&shutdown));
+    while_running(&worker, || {
         std::thread::sleep(Duration::from_millis(300)); // idle, past its first claim
         for round in 1..=3 {
             elsewhere
@@ -307,8 +303,6 @@ fn a_job_queued_elsewhere_wakes_an_idle_worker(t: TestDb) {
                 .expect("queued");
             assert!(wait_for(Duration::from_secs(10), || all_done(&t.db, round)), "woken for job {round}");
         }
-        shutdown.trigger();
-        run.join().expect("no panic").expect("clean stop");
     });
 }
 
@@ -319,10 +313,7 @@ fn a_wake_up_during_a_batch_is_not_lost(t: TestDb) {
     let list = t.partners(&["ada"]);
     let config = WorkerConfig { poll_interval: Some(Duration::from_secs(120)), ..WorkerConfig::default() };
     let worker = Worker::new(t.db.clone(), config).expect("worker");
-    let shutdown = Shutdown::new();
-    std::thread::scope(|s| {
-        let _stop = StopOnDrop(&shutdown);
-        let run = s.spawn(|| worker.run(&shutdown));
+    while_running(&worker, || {
         std::thread::sleep(Duration::from_millis(300)); // idle, past its first claim
         for round in 0..8 {
             let key = key();
@@ -331,8 +322,6 @@ fn a_wake_up_during_a_batch_is_not_lost(t: TestDb) {
             assert!(wait_for(Duration::from_secs(10), || max_running(&key) > 0), "job {round} started");
         }
         assert!(wait_for(Duration::from_secs(10), || all_done(&t.db, 8)), "all ran");
-        shutdown.trigger();
-        run.join().expect("no panic").expect("clean stop");
     });
 }
 

@@ -381,29 +381,33 @@ pub trait Store {
     fn schema_migrate(&mut self) -> Result<()>;
 }
 
+impl AnyConnection {
+    /// Run a statement built by `claim::Sql` on either backend and load its rows.
+    fn load_sql<T>(&mut self, sql: &claim::Sql, what: &'static str) -> Result<Vec<T>>
+    where
+        T: QueryableByName<diesel::sqlite::Sqlite> + QueryableByName<diesel::pg::Pg> + 'static,
+    {
+        match self {
+            AnyConnection::Sqlite(c) => sqlite::load(c, sql),
+            AnyConnection::Postgres(c) => postgres::load(c, sql),
+        }
+        .map_err(Error::query(what))
+    }
+}
+
 impl Store for AnyConnection {
     fn job_claim(&mut self, params: &ClaimParams<'_>) -> Result<Vec<JobRow>> {
         if params.limit <= 0 {
             return Ok(Vec::new());
         }
-        let sql = claim::Sql::build(params, self.backend());
-        match self {
-            AnyConnection::Sqlite(c) => sqlite::load(c, &sql),
-            AnyConnection::Postgres(c) => postgres::load(c, &sql),
-        }
-        .map_err(Error::query("claim jobs"))
+        self.load_sql(&claim::Sql::build(params, self.backend()), "claim jobs")
     }
 
     fn job_claim_batch(&mut self, params: &ClaimParams<'_>) -> Result<Vec<BatchRow>> {
         if params.limit <= 0 {
             return Ok(Vec::new());
         }
-        let sql = claim::Sql::select(params, self.backend());
-        match self {
-            AnyConnection::Sqlite(c) => sqlite::load(c, &sql),
-            AnyConnection::Postgres(c) => postgres::load(c, &sql),
-        }
-        .map_err(Error::query("claim a batch of jobs"))
+        self.load_sql(&claim::Sql::select(params, self.backend()), "claim a batch of jobs")
     }
 
     fn job_done_many(&mut self, p: &DoneParams<'_>) -> Result<()> {
@@ -544,11 +548,7 @@ impl Store for AnyConnection {
                     .map_err(Error::query("lock a sequential channel"))?;
             }
             let sql = claim::Sql::heads(filter, p.limit + 64);
-            let heads: Vec<HeadRow> = match conn {
-                AnyConnection::Sqlite(c) => sqlite::load(c, &sql),
-                AnyConnection::Postgres(c) => postgres::load(c, &sql),
-            }
-            .map_err(Error::query("read the head of a sequential channel"))?;
+            let heads: Vec<HeadRow> = conn.load_sql(&sql, "read the head of a sequential channel")?;
             let now = p.now.naive_utc();
             let mut take = Vec::new();
             for head in heads {
@@ -892,11 +892,7 @@ impl Store for AnyConnection {
 
     fn job_rescue_orphaned(&mut self, p: &RescueParams<'_>) -> Result<Vec<(i64, JobState)>> {
         let sql = claim::Sql::rescue(p, self.backend());
-        let rows: Vec<RescuedRow> = match self {
-            AnyConnection::Sqlite(c) => sqlite::load(c, &sql),
-            AnyConnection::Postgres(c) => postgres::load(c, &sql),
-        }
-        .map_err(Error::query("rescue orphaned jobs"))?;
+        let rows: Vec<RescuedRow> = self.load_sql(&sql, "rescue orphaned jobs")?;
         rows.into_iter().map(|r| Ok((r.id, r.state.parse::<JobState>()?))).collect()
     }
 

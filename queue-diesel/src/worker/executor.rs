@@ -416,7 +416,6 @@ pub(crate) fn run_batch(
             conn.job_free_keys(&keyed, started)?;
             more.set(only.is_none() && rows.len() as i64 >= ticket.limit as i64);
             let mut done: Vec<(i64, Option<String>)> = Vec::with_capacity(rows.len());
-            let mut uuids = Vec::with_capacity(rows.len());
             let mut queued = Vec::new();
             for (i, row) in rows.iter().enumerate() {
                 if !done.is_empty() && clock.elapsed() >= ticket.budget {
@@ -444,7 +443,6 @@ pub(crate) fn run_batch(
                 match outcome {
                     Ok((result, more)) => {
                         done.push((row.id, result));
-                        uuids.push(row.uuid.clone());
                         queued.extend(more);
                     }
                     Err((function, verdict)) => {
@@ -452,7 +450,8 @@ pub(crate) fn run_batch(
                             more.set(true);
                         }
                         return Err(BatchAbort::Failed {
-                            ran: uuids,
+                            // Every job before this one succeeded.
+                            ran: started_jobs.borrow()[..i].to_vec(),
                             row: Box::new(row.clone()),
                             function,
                             verdict,
