@@ -13,6 +13,8 @@ use crate::error::{Error, Result};
 
 /// The channel every other channel descends from.
 pub const ROOT: &str = "root";
+/// The option that makes a channel run its jobs one at a time, in strict order.
+const SEQUENTIAL: &str = "sequential";
 
 /// Check that `name` is `root` or a dotted name under it, each part made of letters, digits,
 /// `_` or `-`.
@@ -37,7 +39,8 @@ pub struct Channel {
     pub name: String,
     /// How many of its jobs (its own and its sub-channels') may run at once.
     pub capacity: usize,
-    /// Strict order: one job at a time, in order, a failed job blocks the channel.
+    /// Strict order: one job at a time (its capacity is 1), in order; a failed job blocks the
+    /// channel.
     pub sequential: bool,
 }
 
@@ -60,8 +63,9 @@ impl Default for ChannelConfig {
 impl FromStr for ChannelConfig {
     type Err = Error;
 
-    /// Parse `name[:capacity[:sequential]]` items separated by commas. A missing capacity is 1;
-    /// a missing `root` gets the sum of its configured children's capacities.
+    /// Parse `name[:capacity][:sequential]` items separated by commas. A missing capacity is 1;
+    /// a sequential channel's capacity must be 1 (Odoo refuses others too); a missing `root` gets
+    /// the sum of its configured children's capacities.
     fn from_str(text: &str) -> Result<Self> {
         let mut channels = BTreeMap::new();
         for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
@@ -72,7 +76,10 @@ impl FromStr for ChannelConfig {
                     "expected a channel name like \"root\" or \"root.export\" in {token:?}, got {name:?}"
                 ))
             })?;
-            let capacity = match fields.next() {
+            let mut fields = fields.peekable();
+            // `name:sequential` leaves the capacity out: 1, the only one a strict order allows.
+            let given = fields.next_if(|field| *field != SEQUENTIAL);
+            let capacity = match given {
                 None => 1,
                 Some(cap) => match cap.parse::<usize>() {
                     Ok(0) | Err(_) => {
@@ -86,13 +93,18 @@ impl FromStr for ChannelConfig {
             let mut sequential = false;
             for option in fields {
                 match option {
-                    "sequential" => sequential = true,
+                    SEQUENTIAL => sequential = true,
                     other => {
                         return Err(Error::ChannelConfig(format!(
                             "unknown channel option {other:?} in {token:?}; expected \"sequential\""
                         )));
                     }
                 }
+            }
+            if sequential && capacity != 1 {
+                return Err(Error::ChannelConfig(format!(
+                    "a sequential channel runs one job at a time: expected capacity 1 (or none) in {token:?}, got {capacity}"
+                )));
             }
             let channel = Channel { name: name.to_owned(), capacity, sequential };
             if channels.insert(name.to_owned(), channel).is_some() {
@@ -231,11 +243,13 @@ mod tests {
 
     #[test]
     fn parses_odoo_syntax() {
-        let c = config("root:4,root.export:1,root.mail:2:sequential");
+        let c = config("root:4,root.export:1,root.mail:1:sequential,root.sms:sequential");
         assert_eq!(c.capacity("root"), Some(4));
         assert_eq!(c.capacity("root.export"), Some(1));
         assert!(c.channels().any(|ch| ch.name == "root.mail" && ch.sequential));
-        assert_eq!(c.to_string(), "root:4,root.export:1,root.mail:2:sequential");
+        assert!(c.is_sequential("root.sms"));
+        assert_eq!(c.capacity("root.sms"), Some(1), "sequential without a capacity means 1");
+        assert_eq!(c.to_string(), "root:4,root.export:1,root.mail:1:sequential,root.sms:1:sequential");
     }
 
     #[test]
@@ -266,6 +280,14 @@ mod tests {
                 r#"invalid channel configuration: unknown channel option "fast" in "root:1:fast"; expected "sequential""#,
             ),
             ("root:1,root:2", r#"invalid channel configuration: channel "root" is configured twice"#),
+            (
+                "root:4,root.mail:2:sequential",
+                r#"invalid channel configuration: a sequential channel runs one job at a time: expected capacity 1 (or none) in "root.mail:2:sequential", got 2"#,
+            ),
+            (
+                "root.mail:sequential:2",
+                r#"invalid channel configuration: unknown channel option "2" in "root.mail:sequential:2"; expected "sequential""#,
+            ),
             (
                 "root..a:1",
                 r#"invalid channel configuration: expected a channel name like "root" or "root.export" in "root..a:1", got "root..a""#,

@@ -17,6 +17,8 @@ pub const QUEUE_SCHEDULED_AT: &str = "queue_scheduled_at";
 pub const QUEUE_EXPECTED_AT: &str = "queue_expected_at";
 /// Context key splitting the records of a call into batches (Tryton's `queue_batch`).
 pub const QUEUE_BATCH: &str = "queue_batch";
+/// The keys that steer a queued call and are not stored with its job.
+pub const QUEUE_KEYS: [&str; 4] = [QUEUE_NAME, QUEUE_SCHEDULED_AT, QUEUE_EXPECTED_AT, QUEUE_BATCH];
 
 /// Who queued a job and with which context values (language, company, flags, …).
 ///
@@ -86,6 +88,18 @@ impl Context {
         }
     }
 
+    /// The context a job is stored with: this one without Tryton's queue keys ([`QUEUE_NAME`],
+    /// [`QUEUE_SCHEDULED_AT`], [`QUEUE_EXPECTED_AT`], [`QUEUE_BATCH`]). They steer the call they
+    /// are given to; kept, they would steer every job the job queues in turn (a job queued with
+    /// `queue_scheduled_at: 3600` would delay its own children by another hour).
+    pub fn for_job(&self) -> Context {
+        let mut values = self.values.clone();
+        for key in QUEUE_KEYS {
+            values.remove(key);
+        }
+        Context { user_id: self.user_id, values }
+    }
+
     /// True when this context asks queued calls to run at once ([`QUEUE_NO_DELAY`]).
     pub fn no_delay(&self) -> bool {
         self.flag(QUEUE_NO_DELAY) || self.flag(QUEUE_NO_DELAY_ODOO)
@@ -119,6 +133,17 @@ mod tests {
         assert!(!Context::new().with(QUEUE_NO_DELAY, false).no_delay());
         assert!(!Context::new().with(QUEUE_NO_DELAY, "0").no_delay());
         assert!(!Context::new().no_delay());
+    }
+
+    #[test]
+    fn queue_keys_are_not_stored_with_the_job() {
+        let ctx = Context::user(3)
+            .with("lang", "fr")
+            .with(QUEUE_NAME, "mail")
+            .with(QUEUE_SCHEDULED_AT, 3600)
+            .with(QUEUE_EXPECTED_AT, 60)
+            .with(QUEUE_BATCH, true);
+        assert_eq!(ctx.for_job(), Context::user(3).with("lang", "fr"));
     }
 
     #[test]

@@ -77,6 +77,7 @@ pub fn enqueue(
                 "an identity_key cannot be combined with queue_batch: the batches would share one key".into(),
             )));
         }
+        let stored_context = env.context().for_job();
         let jobs: Vec<NewJob> = chunks
             .into_iter()
             .map(|ids| NewJob {
@@ -85,7 +86,7 @@ pub fn enqueue(
                 model: function.model().to_owned(),
                 record_ids: ids,
                 args: args.clone(),
-                context: env.context().clone(),
+                context: stored_context.clone(),
                 options: resolved.clone(),
                 parents: options.depends_on.clone(),
                 created_at: now,

@@ -11,6 +11,7 @@ use queue_tests::{Partner, TestDb, backend_tests, claim_any};
 backend_tests!(
     builder_options_are_stored,
     tryton_context_keys_set_channel_eta_and_deadline,
+    tryton_context_keys_steer_only_their_call,
     queue_batch_splits_the_records,
     claim_order_is_priority_then_deadline_then_age,
     identity_key_keeps_one_waiting_job,
@@ -63,6 +64,37 @@ fn tryton_context_keys_set_channel_eta_and_deadline(t: TestDb) {
     let bad = Context::new().with("queue_scheduled_at", "soon");
     let err = t.db.transaction(bad, |_| Partner::queue().export(&list, "erp".into())).expect_err("refused");
     assert!(err.to_string().contains("context key queue_scheduled_at"), "{err}");
+}
+
+fn tryton_context_keys_steer_only_their_call(t: TestDb) {
+    let clock = queue_diesel::MockClock::new(
+        chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).expect("valid"),
+    );
+    let db = t.reopen(|b| b.clock(std::sync::Arc::new(clock.clone())));
+    let list = t.partners(&["ada", "bob"]);
+    let ctx = Context::user(1)
+        .with("lang", "fr")
+        .with("queue_name", "mail")
+        .with("queue_scheduled_at", 3600)
+        .with("queue_expected_at", 60)
+        .with("queue_batch", 5);
+    let handle = db.transaction(ctx, |_| Partner::queue().fan_out(&list, "erp".into())).expect("queued");
+    let job = db.job(&handle.uuid()).expect("job");
+    assert_eq!(job.channel, "root.mail");
+    let stored: Vec<&String> = job.context.values().keys().collect();
+    assert_eq!(stored, ["lang"], "the queue keys steer the call and are not stored");
+    clock.advance(TimeDelta::seconds(3601));
+    let worker = Worker::new(db.clone(), WorkerConfig::default()).expect("worker");
+    worker.run_until_idle().expect("runs");
+    let children: Vec<_> =
+        db.jobs(&ListParams { func: Some("res.partner.export".into()), ..Default::default() }).expect("list");
+    assert_eq!(children.len(), 2, "one export per partner");
+    for child in children {
+        assert_eq!(child.channel, "root.export", "not re-channelled");
+        assert_eq!(child.eta, None, "not delayed by its parent's queue_scheduled_at");
+        assert_eq!(child.state, JobState::Done);
+        assert_eq!(child.context.get("lang").and_then(|v| v.as_str()), Some("fr"));
+    }
 }
 
 fn queue_batch_splits_the_records(t: TestDb) {
