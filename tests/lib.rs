@@ -441,7 +441,7 @@ pub fn claim_any(
     conn: &mut queue_diesel::AnyConnection,
     lease: &str,
     limit: i64,
-) -> Vec<queue_diesel::store::JobRow> {
+) -> Vec<queue_diesel::store::RunRow> {
     use queue_diesel::store::{ClaimParams, Store};
     conn.job_claim(&ClaimParams {
         worker_id: "w1",
@@ -463,20 +463,26 @@ pub fn finish_as(
     lease: &str,
     state: queue_diesel::JobState,
 ) -> bool {
-    use queue_diesel::store::{FinishParams, Store};
+    use queue_diesel::store::{Hold, SettleParams, Store};
     let now = chrono::Utc::now();
-    let eta = (state == queue_diesel::JobState::Pending).then_some(now);
-    conn.job_finish(&FinishParams {
-        id,
-        lease_token: lease,
+    let settlement = queue_diesel::core::Settlement {
         state,
+        attempts: 1,
+        interruptions: 0,
+        retry_in: (state == queue_diesel::JobState::Pending).then_some(Duration::ZERO),
         result: None,
         exc: None,
-        eta,
-        uncount_attempt: false,
+        alone: false,
+    };
+    let params = SettleParams {
+        id,
+        hold: Hold::Lease(lease),
+        settlement: &settlement,
+        worker_id: "w1",
+        started: now,
         now,
-    })
-    .expect("finish")
+    };
+    conn.job_settle(&params).expect("finish")
 }
 
 /// Wait until `done` holds, up to `limit`; false if it never did.

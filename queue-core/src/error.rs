@@ -81,6 +81,9 @@ pub enum JobError {
         message: String,
         /// Longer details: the chain of causes, or a backtrace.
         info: String,
+        /// The error itself, when the failure came from one (`?` on any error keeps it): the
+        /// worker looks in it for database conflicts, and code can match on it.
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
     },
 }
 
@@ -103,7 +106,16 @@ impl JobError {
 
     /// A failure with a name and message of the caller's choosing.
     pub fn failed(name: impl Into<String>, message: impl Into<String>) -> Self {
-        JobError::Failed { name: name.into(), message: message.into(), info: String::new() }
+        JobError::Failed { name: name.into(), message: message.into(), info: String::new(), source: None }
+    }
+
+    /// The error a failure came from, if it came from one: `job_error.source()` and
+    /// `downcast_ref` find, say, the `diesel::result::Error` a body returned with `?`.
+    pub fn source(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match self {
+            JobError::Failed { source: Some(source), .. } => Some(source.as_ref()),
+            _ => None,
+        }
     }
 }
 
@@ -148,7 +160,8 @@ where
         if info.is_empty() {
             info = format!("{error:?}");
         }
-        JobError::Failed { name, message: error.to_string(), info }
+        let message = error.to_string();
+        JobError::Failed { name, message, info, source: Some(Box::new(error)) }
     }
 }
 
@@ -171,10 +184,12 @@ mod tests {
     fn any_error_converts_to_failed_with_its_causes() {
         let verdict: JobError = ExportFailed(DiskFull).into();
         match verdict {
-            JobError::Failed { name, message, info } => {
+            JobError::Failed { ref name, ref message, ref info, .. } => {
                 assert_eq!(name, "ExportFailed");
                 assert_eq!(message, "export failed");
                 assert_eq!(info, "caused by: disk full\n");
+                let kept = verdict.source().and_then(|e| e.downcast_ref::<ExportFailed>());
+                assert!(kept.is_some(), "the error itself is kept");
             }
             other => panic!("expected Failed, got {other}"),
         }

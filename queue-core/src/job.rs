@@ -122,4 +122,9 @@ pub struct Job {
     pub worker_id: Option<String>,
     /// Token of the current claim; only its holder may finish the job.
     pub lease_token: Option<String>,
+    /// It runs in a transaction of its own, never in a batch: its worker died while running
+    /// it, it hung, or it met a database conflict.
+    pub run_alone: bool,
+    /// Runs stopped by something that was not the job's fault (a deadlock, a lost session).
+    pub interruptions: i32,
 }

@@ -4,7 +4,7 @@
 //! transaction. This crate holds the parts that need no database: the persisted shape of a job
 //! ([`job`]), its states ([`state`]), the options a caller may set ([`options`]), the captured user
 //! and context ([`context`]), channel capacities ([`channel`]), the registry of job functions
-//! ([`registry`]), retry patterns ([`retry`]), the clock ([`clock`]) and the two error types ([`error`]): [`Error`] for library
+//! ([`registry`]), retry patterns ([`retry`]), the clock ([`clock`]), what a run's ending does to its job ([`ending`]) and the two error types ([`error`]): [`Error`] for library
 //! failures and [`JobError`] for a job's own verdict.
 //!
 //! Applications use it through `queue-diesel`, which re-exports everything here.
@@ -26,6 +26,7 @@
 pub mod channel;
 pub mod clock;
 pub mod context;
+pub mod ending;
 pub mod error;
 pub mod job;
 pub mod options;
@@ -36,6 +37,7 @@ pub mod state;
 pub use channel::ChannelConfig;
 pub use clock::{Clock, MockClock, SystemClock};
 pub use context::Context;
+pub use ending::{Ending, Settlement, Tries};
 pub use error::{Error, JobError, JobResult, Result};
 pub use job::{Job, JobId, NewJob};
 pub use options::{Eta, FunctionDefaults, JobOptions};

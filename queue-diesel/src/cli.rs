@@ -66,7 +66,7 @@ pub struct RunArgs {
     /// Seconds to wait for running jobs on shutdown before giving them back.
     #[arg(long, env = "QUEUE_GRACE_PERIOD_SECS", default_value_t = 30)]
     pub grace_period_secs: u64,
-    /// Run the due jobs one by one, then exit (no threads, no channels).
+    /// Run the due jobs, then exit (as `run` runs them; SIGINT or SIGTERM stop it gracefully).
     #[arg(long)]
     pub until_idle: bool,
     /// How often to look for jobs whose worker is gone, in milliseconds.
@@ -87,6 +87,14 @@ pub struct RunArgs {
     /// How long failed jobs are kept: a duration ("30d") or "forever".
     #[arg(long, env = "QUEUE_KEEP_FAILED", default_value = "30d")]
     pub keep_failed: String,
+    /// A job running in a batch longer than this frees its neighbours and runs alone from then
+    /// on; on SQLite, no job without a timeout holds the write lock longer ("60s", "2m").
+    #[arg(long, env = "QUEUE_HANG_LIMIT", default_value = "60s")]
+    pub hang_limit: String,
+    /// Folder of the files that show this host's workers alive and record what they run
+    /// (default: beside a SQLite database, or in the temporary directory for PostgreSQL).
+    #[arg(long, env = "QUEUE_STATE_DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// `jobs` subcommands.
@@ -148,7 +156,7 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("queue-worker: {}", crate::worker::executor::chain(&e));
+            eprintln!("queue-worker: {}", crate::run::chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -187,16 +195,18 @@ pub fn run(cli: Cli) -> Result<()> {
                     done: parse_keep(&args.keep_done, "--keep-done")?,
                     failed: parse_keep(&args.keep_failed, "--keep-failed")?,
                 },
+                hang_limit: crate::worker::parse_limit(&args.hang_limit, "--hang-limit")?,
+                state_dir: args.state_dir.filter(|d| !d.as_os_str().is_empty()),
                 ..WorkerConfig::default()
             };
             let worker = Worker::new(db, config)?;
-            if args.until_idle {
-                let ran = worker.run_until_idle()?;
-                println!("ran {ran} job(s)");
-                return Ok(());
-            }
             let shutdown = Shutdown::new();
             shutdown.on_signals()?;
+            if args.until_idle {
+                let stats = worker.run_until_idle_with(&shutdown)?;
+                println!("ran {} job(s)", stats.finished);
+                return Ok(());
+            }
             worker.run(&shutdown)?;
             Ok(())
         }

@@ -1,7 +1,12 @@
-//! One connection type for every backend, chosen by URL at run time.
+//! One connection type for every backend, chosen by URL at run time, and the transactions the
+//! queue opens on it (with the depth checks that keep a job from closing what it did not open).
 
-use diesel::connection::SimpleConnection;
+use std::cell::Cell;
+
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::pg::PgConnection;
+
+use crate::error::Error;
 use diesel::sqlite::SqliteConnection;
 
 pub use multi::{AnyConnection, MultiBackend};
@@ -69,6 +74,13 @@ impl Backend {
         }
     }
 
+    /// True when the database has one writer at a time: a transaction that writes blocks every
+    /// other writer until it ends (SQLite). Such a database needs no channel slots (one job
+    /// writes at a time anyway), and a job must not hold its write lock past the hang limit.
+    pub fn single_writer(self) -> bool {
+        matches!(self, Backend::Sqlite)
+    }
+
     /// Lower-case name, as shown in logs and benchmark output.
     pub fn name(self) -> &'static str {
         match self {
@@ -107,6 +119,102 @@ macro_rules! with_backend {
     };
 }
 pub(crate) use with_backend;
+
+/// How many transactions and savepoints are open on `conn`.
+pub(crate) fn depth(conn: &mut AnyConnection) -> diesel::QueryResult<u32> {
+    with_backend!(conn, c => AnsiTransactionManager::transaction_manager_status_mut(c)
+        .transaction_depth()
+        .map(|d| d.map_or(0, |d| d.get())))
+}
+
+/// Begin a transaction on `conn`: `BEGIN IMMEDIATE` on SQLite (take the write lock now rather than
+/// fail to upgrade it later), `BEGIN` on PostgreSQL; a savepoint when one is already open.
+/// Returns the depth it opened.
+pub(crate) fn begin(conn: &mut AnyConnection) -> diesel::QueryResult<u32> {
+    let outer = depth(conn)?;
+    match conn {
+        AnyConnection::Sqlite(c) if outer == 0 => {
+            AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?
+        }
+        other => <AnyConnection as diesel::Connection>::TransactionManager::begin_transaction(other)?,
+    }
+    Ok(outer + 1)
+}
+
+fn commit(conn: &mut AnyConnection) -> diesel::QueryResult<()> {
+    <AnyConnection as diesel::Connection>::TransactionManager::commit_transaction(conn)
+}
+
+/// Roll back everything opened at depth `level` and above.
+pub(crate) fn rollback_to(conn: &mut AnyConnection, level: u32) {
+    while depth(conn).is_ok_and(|d| d >= level) {
+        if <AnyConnection as diesel::Connection>::TransactionManager::rollback_transaction(conn).is_err() {
+            return;
+        }
+    }
+}
+
+/// Mark `conn` unusable: the pool drops it instead of lending it again (its session was ended
+/// under it, or it was made to refuse writes).
+pub(crate) fn poison(conn: &mut AnyConnection) {
+    with_backend!(conn, c => AnsiTransactionManager::transaction_manager_status_mut(c).set_in_error());
+}
+
+/// Transactions the worker threads of this process committed (a SQLite watcher tells them from
+/// the commits of applications and other processes).
+pub(crate) static OWN_COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+thread_local! {
+    /// Set on the threads of a running worker: their commits count in [`OWN_COMMITS`].
+    static WORKER_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Count (or stop counting) this thread's commits as a worker's own.
+pub(crate) fn set_worker_thread(on: bool) {
+    WORKER_THREAD.with(|w| w.set(on));
+}
+
+/// Run `f` inside a transaction (or a savepoint) on `conn`: commit on `Ok`, roll back on `Err`
+/// or panic. If `f` leaves the connection at another depth than it found it (it opened a
+/// transaction it did not close, or closed ours), everything is rolled back and that is an error.
+pub(crate) fn in_transaction_on<T, E>(
+    conn: &mut AnyConnection,
+    f: impl FnOnce(&mut AnyConnection) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<Error>,
+{
+    let level = begin(conn).map_err(|e| E::from(Error::query("begin a transaction")(e)))?;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut *conn)));
+    match outcome {
+        Ok(Ok(value)) => {
+            let found = depth(conn).unwrap_or(0);
+            if found != level {
+                rollback_to(conn, level);
+                return Err(E::from(Error::TransactionDepth { expected: level, found }));
+            }
+            // Counted before the commit, so a watcher never sees the commit without the count.
+            if level == 1 && WORKER_THREAD.with(Cell::get) {
+                OWN_COMMITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            match commit(conn) {
+                Ok(()) => Ok(value),
+                Err(e) => {
+                    rollback_to(conn, level);
+                    Err(E::from(Error::query("commit a transaction")(e)))
+                }
+            }
+        }
+        Ok(Err(err)) => {
+            rollback_to(conn, level);
+            Err(err)
+        }
+        Err(panic) => {
+            rollback_to(conn, level);
+            std::panic::resume_unwind(panic)
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -4,11 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use diesel::Connection;
-use diesel::connection::SimpleConnection;
-use diesel::pg::PgConnection;
 use diesel::r2d2::{self, ManageConnection, Pool, PooledConnection, R2D2Connection};
-use diesel::sqlite::SqliteConnection;
 use queue_core::context::is_truthy;
 use queue_core::options::{DEFAULT_BATCH_SIZE, DEFAULT_MAX_ARGS_BYTES};
 use queue_core::{Clock, Context, Job, JobId, OperatorAction, SystemClock};
@@ -22,8 +18,7 @@ use crate::transaction::{self, Env};
 pub const DEFAULT_DATABASE_URL: &str = "queue.sqlite3";
 /// Connections kept by the pool when nothing else is configured.
 pub const DEFAULT_POOL_SIZE: u32 = 10;
-/// How long SQLite waits for another writer before giving up.
-pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+pub use crate::store::SQLITE_BUSY_TIMEOUT;
 
 /// A pooled connection of the queue.
 pub type PooledConn = PooledConnection<Manager>;
@@ -57,23 +52,7 @@ impl std::fmt::Debug for Manager {
 
 impl Manager {
     fn connect(&self) -> Result<AnyConnection> {
-        let connect_err =
-            |e: diesel::ConnectionError| Error::Connect { url: redact(&self.url), source: Box::new(e) };
-        match self.backend {
-            Backend::Sqlite => {
-                let path = self.url.strip_prefix("sqlite://").unwrap_or(&self.url);
-                let mut c = SqliteConnection::establish(path).map_err(connect_err)?;
-                c.batch_execute(&format!(
-                    "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-                    SQLITE_BUSY_TIMEOUT.as_millis()
-                ))
-                .map_err(Error::query("configure the SQLite connection"))?;
-                Ok(AnyConnection::Sqlite(c))
-            }
-            Backend::Postgres => {
-                PgConnection::establish(&self.url).map(AnyConnection::Postgres).map_err(connect_err)
-            }
-        }
+        crate::store::connect(&self.url, self.backend)
     }
 }
 
@@ -281,6 +260,18 @@ impl Database {
             .then(|| self.inner.url.strip_prefix("sqlite://").unwrap_or(&self.inner.url).to_owned())
     }
 
+    /// The folder of this host's liveness files for this database: beside a SQLite file, or
+    /// under `state_dir` (by default the temporary directory) for a server.
+    pub(crate) fn liveness_folder(&self, state_dir: Option<&std::path::Path>) -> std::path::PathBuf {
+        match self.sqlite_path() {
+            Some(path) => crate::liveness::folder_of_sqlite(&path),
+            None => {
+                let base = state_dir.map_or_else(std::env::temp_dir, std::path::Path::to_path_buf);
+                crate::liveness::folder_of_server(&base, &self.url())
+            }
+        }
+    }
+
     /// The URL as given (with its password), for connections outside the pool.
     pub(crate) fn raw_url(&self) -> String {
         self.inner.url.clone()
@@ -363,7 +354,7 @@ impl Database {
     /// own transaction (what `transaction` does by itself when no worker is configured).
     pub fn run_jobs(&self, ids: Vec<JobId>) -> Result<()> {
         let mut conn = self.conn()?;
-        crate::worker::executor::run_after_commit(self, &mut conn, ids);
+        crate::run::alone::after_commit(self, &mut conn, ids);
         Ok(())
     }
 
@@ -391,7 +382,7 @@ impl Database {
         // The change and what it does to the job's children commit together.
         let params = SetStateParams { uuid, from: job.state, to, result, now: self.now() };
         let changed =
-            crate::transaction::in_transaction_on::<_, Error>(&mut conn, |c| c.job_set_state(&params))?;
+            crate::connection::in_transaction_on::<_, Error>(&mut conn, |c| c.job_set_state(&params))?;
         if !changed {
             let now = conn.job_get(uuid)?.map(|j| j.state.to_string()).unwrap_or_else(|| "deleted".into());
             return Err(Error::Config(format!(

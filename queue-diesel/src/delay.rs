@@ -207,7 +207,7 @@ pub fn bulk<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
 /// caller's environment. Its writes are rolled back if it does not succeed.
 fn run_now(env: &Env, function: &'static JobFunction, job: &NewJob) -> Result<()> {
     let inv = Invocation { func: function.name(), record_ids: &job.record_ids, args: &job.args };
-    let verdict = savepoint(env, || (function.run)(env, &inv))?;
+    let verdict = savepoint(env, || crate::run::invoke(env, function, &inv))?;
     match verdict {
         Ok(_) | Err(JobError::NothingToDo(_)) => Ok(()),
         Err(verdict) => {

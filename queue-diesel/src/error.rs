@@ -108,6 +108,9 @@ pub enum Error {
         /// Jobs found.
         found: usize,
     },
+    /// Every executor thread of a worker stopped.
+    #[error("all executor threads of the worker stopped")]
+    NoExecutors,
     /// The job was taken over by another worker: its result was not committed.
     #[error("job {0} was taken over by another worker; its result was not committed")]
     LeaseLost(String),
@@ -134,25 +137,12 @@ impl Error {
 
 impl Error {
     /// True for failures that say nothing about the job: the database was busy, the connection
-    /// dropped, the transaction lost a serialization conflict. A job that met one is given back
-    /// (its try not counted) rather than failed.
+    /// dropped, the transaction met a deadlock or lost a serialization conflict (see
+    /// [`crate::Conflict`]). A job that met one is given back rather than failed.
     pub fn is_transient(&self) -> bool {
-        use diesel::result::{DatabaseErrorKind, Error as Diesel};
         match self {
             Error::Connect { .. } | Error::ConnectionBusy => true,
-            Error::Query { source, .. } => match source {
-                Diesel::DatabaseError(kind, info) => {
-                    matches!(
-                        kind,
-                        DatabaseErrorKind::SerializationFailure | DatabaseErrorKind::ClosedConnection
-                    ) || info.message().contains("database is locked")
-                        || info.message().contains("database table is locked")
-                        || info.message().contains("deadlock detected")
-                }
-                Diesel::BrokenTransactionManager => true,
-                _ => false,
-            },
-            _ => false,
+            other => crate::store::Conflict::of(other).is_some(),
         }
     }
 }

@@ -157,6 +157,7 @@ pub fn arg<T: DeserializeOwned>(inv: &Invocation<'_>, name: &str) -> JobResult<T
         name: "ArgumentError".into(),
         message: format!("cannot decode argument `{name}` of {}: {e}", inv.func),
         info: format!("stored arguments: {}", inv.args),
+        source: Some(Box::new(e)),
     })
 }
 

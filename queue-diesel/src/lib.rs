@@ -49,8 +49,10 @@
 //! | [`delay`] | what a queued call does |
 //! | [`function`] | the registry of job functions and how one is called |
 //! | [`store`] | the storage seam: every SQL statement of the queue |
-//! | [`worker`] | claim under channel capacity, run, shut down |
-//! | [`maintenance`] | rescue of jobs whose worker is gone, liveness, pruning of old jobs |
+//! | `run` (private) | running a job, the one way every path uses: batches, jobs run alone |
+//! | [`worker`] | claim under channel capacities, hand out work, watch it, shut down |
+//! | [`liveness`] | how a worker shows it is alive and records what it runs, without writes |
+//! | [`maintenance`] | rescue of jobs whose worker is gone, pruning of old jobs |
 //! | [`cli`] | the `queue-worker` command, reusable in an application's own worker binary |
 //! | [`testing`] | trap, assert and perform queued jobs in an application's tests |
 //!
@@ -67,9 +69,11 @@ pub mod database;
 pub mod delay;
 mod error;
 pub mod function;
+pub mod liveness;
 pub mod maintenance;
 pub mod model;
 pub mod notify;
+mod run;
 pub mod schema;
 pub mod store;
 pub mod testing;
@@ -87,6 +91,7 @@ pub use queue_core::{
     MockClock, OperatorAction, SystemClock,
 };
 pub use queue_derive::{Model, queueable};
+pub use store::Conflict;
 pub use transaction::{ConnGuard, Env, current_env, with_env};
 pub use worker::{Shutdown, Worker, WorkerConfig};
 

@@ -93,7 +93,7 @@ pub(crate) fn spawn_sqlite_watcher<E: Send + 'static>(
     std::thread::Builder::new().name("queue-watch".into()).spawn(move || {
         let mut conn: Option<diesel::SqliteConnection> = None;
         let mut last = None;
-        let own = || crate::transaction::OWN_COMMITS.load(Ordering::Relaxed);
+        let own = || crate::connection::OWN_COMMITS.load(Ordering::Relaxed);
         let mut last_own = own();
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(WATCH_TICK);

@@ -59,6 +59,10 @@ diesel::table! {
         lease_token -> Nullable<Text>,
         /// Some job depends on this one.
         has_dependents -> Bool,
+        /// Runs in a transaction of its own, never in a batch.
+        run_alone -> Bool,
+        /// Runs stopped by something that was not the job's fault.
+        interruptions -> Integer,
     }
 }
 

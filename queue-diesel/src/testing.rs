@@ -24,10 +24,11 @@ use std::fmt::Write as _;
 use queue_core::{JobError, JobId, NewJob};
 use serde_json::Value;
 
+use crate::connection::in_transaction_on;
 use crate::database::Database;
 use crate::error::{Error, Result};
 use crate::function::{Invocation, registry};
-use crate::transaction::{Env, JobRun, in_transaction_on};
+use crate::transaction::{Env, JobRun};
 
 thread_local! {
     /// The traps open on this thread; the innermost catches.
@@ -142,8 +143,8 @@ impl JobsTrap {
                     conn,
                     job.context.clone(),
                     db.clone(),
-                    Some(JobRun { uuid: job.uuid, attempt: 1, control: None }),
-                    |env| (function.run)(env, &inv).map_err(Performing::Verdict),
+                    Some(JobRun { uuid: job.uuid, attempt: 1, control: None, isolation: None }),
+                    |env| crate::run::invoke(env, function, &inv).map_err(Performing::Verdict),
                 )
             });
             let outcome = match ran {

@@ -8,10 +8,9 @@ use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 
 use chrono::{DateTime, Utc};
-use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use queue_core::{Context, JobId};
 
-use crate::connection::{AnyConnection, with_backend};
+use crate::connection::{AnyConnection, in_transaction_on};
 use crate::database::Database;
 use crate::error::{Error, Result};
 
@@ -44,7 +43,9 @@ pub struct Env {
 pub(crate) struct JobRun {
     pub uuid: JobId,
     pub attempt: i32,
-    pub control: Option<std::sync::Arc<crate::worker::executor::JobControl>>,
+    pub control: Option<std::sync::Arc<crate::run::JobControl>>,
+    /// The savepoints that keep the job's writes apart from its transaction's other jobs.
+    pub isolation: Option<std::rc::Rc<crate::run::Isolation>>,
 }
 
 /// Exclusive access to the transaction's connection; release it before queueing a job.
@@ -85,6 +86,11 @@ impl Env {
     /// Like [`Env::conn`], with an error instead of a panic when the connection is in use.
     pub fn try_conn(&self) -> Result<ConnGuard<'_>> {
         let lock = self.conn_lock.try_borrow_mut().map_err(|_| Error::ConnectionBusy)?;
+        if let Some(isolation) = self.job.as_ref().and_then(|run| run.isolation.as_ref()) {
+            // SAFETY: as in `ConnGuard::deref_mut`: the connection outlives the `Env` and the
+            // `RefMut` taken above makes this access exclusive.
+            isolation.enter(unsafe { &mut *self.conn })?;
+        }
         Ok(ConnGuard { conn: self.conn, _lock: lock })
     }
 
@@ -195,96 +201,6 @@ pub fn in_transaction() -> bool {
     CURRENT.with(|stack| !stack.borrow().is_empty())
 }
 
-/// How many transactions and savepoints are open on `conn`.
-pub(crate) fn depth(conn: &mut AnyConnection) -> diesel::QueryResult<u32> {
-    with_backend!(conn, c => AnsiTransactionManager::transaction_manager_status_mut(c)
-        .transaction_depth()
-        .map(|d| d.map_or(0, |d| d.get())))
-}
-
-/// Begin a transaction on `conn`: `BEGIN IMMEDIATE` on SQLite (take the write lock now rather than
-/// fail to upgrade it later), `BEGIN` on PostgreSQL; a savepoint when one is already open.
-/// Returns the depth it opened.
-pub(crate) fn begin(conn: &mut AnyConnection) -> diesel::QueryResult<u32> {
-    let outer = depth(conn)?;
-    match conn {
-        AnyConnection::Sqlite(c) if outer == 0 => {
-            AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?
-        }
-        other => <AnyConnection as diesel::Connection>::TransactionManager::begin_transaction(other)?,
-    }
-    Ok(outer + 1)
-}
-
-fn commit(conn: &mut AnyConnection) -> diesel::QueryResult<()> {
-    <AnyConnection as diesel::Connection>::TransactionManager::commit_transaction(conn)
-}
-
-/// Roll back everything opened at depth `level` and above.
-fn rollback_to(conn: &mut AnyConnection, level: u32) {
-    while depth(conn).is_ok_and(|d| d >= level) {
-        if <AnyConnection as diesel::Connection>::TransactionManager::rollback_transaction(conn).is_err() {
-            return;
-        }
-    }
-}
-
-/// Transactions the worker threads of this process committed (a SQLite watcher tells them from
-/// the commits of applications and other processes).
-pub(crate) static OWN_COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-thread_local! {
-    /// Set on the threads of a running worker: their commits count in [`OWN_COMMITS`].
-    static WORKER_THREAD: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Count (or stop counting) this thread's commits as a worker's own.
-pub(crate) fn set_worker_thread(on: bool) {
-    WORKER_THREAD.with(|w| w.set(on));
-}
-
-/// Run `f` inside a transaction (or a savepoint) on `conn`: commit on `Ok`, roll back on `Err`
-/// or panic. If `f` leaves the connection at another depth than it found it (it opened a
-/// transaction it did not close, or closed ours), everything is rolled back and that is an error.
-pub(crate) fn in_transaction_on<T, E>(
-    conn: &mut AnyConnection,
-    f: impl FnOnce(&mut AnyConnection) -> Result<T, E>,
-) -> Result<T, E>
-where
-    E: From<Error>,
-{
-    let level = begin(conn).map_err(|e| E::from(Error::query("begin a transaction")(e)))?;
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut *conn)));
-    match outcome {
-        Ok(Ok(value)) => {
-            let found = depth(conn).unwrap_or(0);
-            if found != level {
-                rollback_to(conn, level);
-                return Err(E::from(Error::TransactionDepth { expected: level, found }));
-            }
-            // Counted before the commit, so a watcher never sees the commit without the count.
-            if level == 1 && WORKER_THREAD.with(Cell::get) {
-                OWN_COMMITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-            match commit(conn) {
-                Ok(()) => Ok(value),
-                Err(e) => {
-                    rollback_to(conn, level);
-                    Err(E::from(Error::query("commit a transaction")(e)))
-                }
-            }
-        }
-        Ok(Err(err)) => {
-            rollback_to(conn, level);
-            Err(err)
-        }
-        Err(panic) => {
-            rollback_to(conn, level);
-            std::panic::resume_unwind(panic)
-        }
-    }
-}
-
 /// `Database::transaction`.
 pub(crate) fn run<T, E>(db: &Database, context: Context, f: impl FnOnce(&Env) -> Result<T, E>) -> Result<T, E>
 where
@@ -305,7 +221,7 @@ where
         if db.worker_configured() {
             db.wake();
         } else {
-            crate::worker::executor::run_after_commit(db, &mut conn, queued);
+            crate::run::alone::after_commit(db, &mut conn, queued);
         }
     }
     Ok(value)

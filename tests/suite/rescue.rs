@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use diesel::Connection;
-use queue_diesel::maintenance::{Rescuer, liveness};
+use queue_diesel::liveness;
+use queue_diesel::maintenance::Rescuer;
 use queue_diesel::prelude::*;
 use queue_diesel::store::{ClaimParams, Store};
 use queue_diesel::{Backend, Error, JobState, Worker, WorkerConfig};
@@ -15,7 +16,7 @@ backend_tests!(
     a_job_that_keeps_killing_its_worker_fails
 );
 
-fn claim_as(t: &TestDb, worker: &str, lease: &str) -> Vec<queue_diesel::store::JobRow> {
+fn claim_as(t: &TestDb, worker: &str, lease: &str) -> Vec<queue_diesel::store::RunRow> {
     t.db.conn()
         .expect("conn")
         .job_claim(&ClaimParams {
@@ -47,7 +48,7 @@ fn jobs_of_a_dead_worker_are_requeued_and_live_ones_left_alone(t: TestDb) {
     // liveness lock (SQLite).
     let path = t.db.sqlite_path();
     if let Some(path) = &path {
-        liveness::hold(path, "live-worker").expect("liveness");
+        liveness::hold(&liveness::folder_of_sqlite(path), "live-worker").expect("liveness");
     }
     let rows = claim_as(&t, "live-worker", "lease-alive");
     assert_eq!(rows.len(), 1);
@@ -56,7 +57,7 @@ fn jobs_of_a_dead_worker_are_requeued_and_live_ones_left_alone(t: TestDb) {
     let stats = if t.db.backend() == Backend::Postgres {
         let mut holder = t.db.conn().expect("conn");
         let outcome = holder.transaction::<_, Error, _>(|c| {
-            assert!(c.job_lock_running(rows[0].id, "lease-alive")?.is_some(), "the claim holds");
+            assert!(c.job_lock_running(rows[0].id, "lease-alive")?, "the claim holds");
             rescuer.run_once()
         });
         outcome.expect("rescued")
@@ -72,7 +73,7 @@ fn jobs_of_a_dead_worker_are_requeued_and_live_ones_left_alone(t: TestDb) {
     assert_eq!(t.db.job(&alive.uuid()).expect("job").state, JobState::Started, "a live worker's job stays");
     // The dead worker's lease is gone: were it to come back, it could not store anything.
     let mut conn = t.db.conn().expect("conn");
-    assert!(conn.job_lock_running(rescued.id, "lease-dead").expect("check").is_none());
+    assert!(!conn.job_lock_running(rescued.id, "lease-dead").expect("check"));
     drop(conn);
     // A worker runs the rescued job.
     let worker = Worker::new(t.db.clone(), WorkerConfig::default()).expect("worker");

@@ -3,7 +3,7 @@
 use chrono::{TimeDelta, Utc};
 use queue_diesel::core::NewJob;
 use queue_diesel::core::options::{FunctionDefaults, JobOptions};
-use queue_diesel::store::{ChannelFilter, ClaimParams, FinishParams, ListParams, Store};
+use queue_diesel::store::{ChannelFilter, ClaimParams, Hold, ListParams, SettleParams, Store};
 use queue_diesel::{Context, JobId, JobState};
 use queue_tests::{TestDb, backend_tests, claim_any};
 
@@ -51,7 +51,9 @@ fn claim(conn: &mut queue_diesel::AnyConnection, limit: i64, channel: Option<&Ch
         .expect("claim");
     let mut rows = rows;
     rows.sort_by_key(|r| (r.priority, r.id));
-    rows.into_iter().map(|r| r.channel).collect()
+    rows.iter()
+        .map(|r| conn.job_get(&r.uuid.parse().expect("uuid")).expect("get").expect("exists").channel)
+        .collect()
 }
 
 fn claim_takes_due_jobs_by_priority_then_age(t: TestDb) {
@@ -65,10 +67,11 @@ fn claim_takes_due_jobs_by_priority_then_age(t: TestDb) {
     conn.job_insert_many(&jobs).expect("insert");
     let first = claim_any(&mut conn, "lease-1", 1);
     assert_eq!(first.len(), 1);
-    assert_eq!(first[0].channel, "root.b", "lowest priority number first");
-    assert_eq!(first[0].state, "started");
     assert_eq!(first[0].attempts, 1);
-    assert_eq!(first[0].worker_id.as_deref(), Some("w1"));
+    let job = conn.job_get(&first[0].uuid.parse().expect("uuid")).expect("get").expect("exists");
+    assert_eq!(job.channel, "root.b", "lowest priority number first");
+    assert_eq!(job.state, JobState::Started);
+    assert_eq!(job.worker_id.as_deref(), Some("w1"));
     assert_eq!(claim(&mut conn, 10, None), vec!["root.a", "root.c"], "then by age; the future eta stays");
     assert!(claim(&mut conn, 10, None).is_empty());
 }
@@ -92,19 +95,27 @@ fn finish_is_fenced_by_the_lease(t: TestDb) {
     let mut conn = t.db.conn().expect("conn");
     conn.job_insert_many(&[new_job("root", 10, None)]).expect("insert");
     let rows = claim_any(&mut conn, "lease-1", 1);
-    let finish = |lease: &'static str| FinishParams {
-        id: rows[0].id,
-        lease_token: lease,
+    let settlement = queue_diesel::core::Settlement {
         state: JobState::Done,
-        result: Some("ok"),
+        attempts: 1,
+        interruptions: 0,
+        retry_in: None,
+        result: Some("ok".into()),
         exc: None,
-        eta: None,
-        uncount_attempt: false,
-        now: Utc::now(),
+        alone: false,
     };
-    assert!(!conn.job_finish(&finish("someone-else")).expect("finish"), "a stale lease cannot finish");
-    assert!(conn.job_finish(&finish("lease-1")).expect("finish"));
-    assert!(!conn.job_finish(&finish("lease-1")).expect("finish"), "and never twice");
+    let now = Utc::now();
+    let finish = |lease: &'static str| SettleParams {
+        id: rows[0].id,
+        hold: Hold::Lease(lease),
+        settlement: &settlement,
+        worker_id: "w1",
+        started: now,
+        now,
+    };
+    assert!(!conn.job_settle(&finish("someone-else")).expect("finish"), "a stale lease cannot finish");
+    assert!(conn.job_settle(&finish("lease-1")).expect("finish"));
+    assert!(!conn.job_settle(&finish("lease-1")).expect("finish"), "and never twice");
     let job = conn.job_get(&rows[0].uuid.parse().expect("uuid")).expect("get").expect("exists");
     assert_eq!(job.state, JobState::Done);
     assert_eq!(job.result.as_deref(), Some("ok"));

@@ -1,7 +1,6 @@
-//! Work the workers do for each other: rescuing jobs whose worker is gone, and pruning old
-//! finished jobs.
+//! Work the workers do for each other: rescuing jobs whose worker is gone (or died in the middle
+//! of a batch), and pruning old finished jobs.
 
-pub mod liveness;
 pub mod pruner;
 pub mod rescuer;
 

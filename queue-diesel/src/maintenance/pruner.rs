@@ -9,10 +9,10 @@ use diesel::RunQueryDsl;
 use queue_core::JobState;
 
 use crate::connection::AnyConnection;
+use crate::connection::in_transaction_on;
 use crate::database::Database;
 use crate::error::{Error, Result};
 use crate::store::{PruneParams, Store};
-use crate::transaction::in_transaction_on;
 
 /// How long `done` and `cancelled` jobs are kept.
 pub const DEFAULT_KEEP_DONE: Duration = Duration::from_secs(24 * 3600);

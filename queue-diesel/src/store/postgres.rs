@@ -1,13 +1,14 @@
 //! PostgreSQL: the claim locks its candidates with `FOR UPDATE SKIP LOCKED`, so concurrent
 //! workers on any host take disjoint jobs without waiting on each other.
 
+use diesel::connection::SimpleConnection;
 use diesel::pg::{Pg, PgConnection};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text, Timestamp};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use super::NOTIFY_CHANNEL;
-use super::claim::{Bind, Sql};
+use super::sql::{Bind, Sql};
+use super::{NOTIFY_CHANNEL, SETTLE_LOCK, Session, channel_key};
 use crate::connection::Backend;
 use crate::error::{Error, Result};
 
@@ -16,7 +17,7 @@ const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 /// Key of the advisory lock that serialises migrations of concurrent workers.
 const MIGRATION_LOCK: i64 = 0x7175_6575_655f_6d69; // "queue_mi"
 
-/// Run a statement built by `claim::Sql` and load its rows.
+/// Run a statement built as text and load its rows.
 pub(super) fn load<T: QueryableByName<Pg> + 'static>(c: &mut PgConnection, sql: &Sql) -> QueryResult<Vec<T>> {
     let mut query = diesel::sql_query(sql.text_for(Backend::Postgres)).into_boxed::<Pg>();
     for bind in &sql.binds {
@@ -31,9 +32,15 @@ pub(super) fn load<T: QueryableByName<Pg> + 'static>(c: &mut PgConnection, sql: 
 
 /// Insert jobs with one statement of column arrays (`unnest`): the server parses 17 parameters
 /// instead of 17 per row, which makes bulk inserts several times faster than a multi-row VALUES.
-pub(super) fn job_insert_rows(c: &mut PgConnection, rows: &[super::NewJobRow<'_>]) -> QueryResult<usize> {
+pub(super) fn job_insert_rows(
+    c: &mut PgConnection,
+    rows: &[super::rows::NewJobRow<'_>],
+) -> QueryResult<usize> {
     use diesel::sql_types::{Array, Integer, Nullable};
-    fn column<'r, T>(rows: &'r [super::NewJobRow<'_>], f: impl Fn(&'r super::NewJobRow<'_>) -> T) -> Vec<T> {
+    fn column<'r, T>(
+        rows: &'r [super::rows::NewJobRow<'_>],
+        f: impl Fn(&'r super::rows::NewJobRow<'_>) -> T,
+    ) -> Vec<T> {
         rows.iter().map(f).collect()
     }
     diesel::sql_query(
@@ -63,7 +70,7 @@ pub(super) fn job_insert_rows(c: &mut PgConnection, rows: &[super::NewJobRow<'_>
     .execute(c)
 }
 
-pub(super) fn job_notify(c: &mut PgConnection) -> Result<()> {
+pub(super) fn notify(c: &mut PgConnection) -> Result<()> {
     diesel::sql_query(format!("NOTIFY {NOTIFY_CHANNEL}"))
         .execute(c)
         .map(|_| ())
@@ -81,4 +88,154 @@ pub(super) fn schema_migrate(c: &mut PgConnection) -> Result<()> {
         .execute(c)
         .map_err(Error::query("unlock the schema after migration"))?;
     outcome
+}
+
+/// A slot number as the advisory lock's second key.
+fn slot_key(slot: usize) -> i32 {
+    i32::try_from(slot).unwrap_or(i32::MAX)
+}
+
+#[derive(QueryableByName)]
+struct Slot {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    slot: i32,
+}
+
+/// Take up to `want` free slots of `channel` in one round trip: the lock is tried on the
+/// candidates in order and the scan stops as soon as `want` were taken.
+pub(super) fn slots_acquire(
+    c: &mut PgConnection,
+    channel: &str,
+    capacity: usize,
+    want: usize,
+    held: &[usize],
+) -> Result<Vec<usize>> {
+    use diesel::sql_types::{Array, Integer};
+    let candidates: Vec<i32> = (0..capacity).filter(|s| !held.contains(s)).map(slot_key).collect();
+    if want == 0 || candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let got: Vec<Slot> = diesel::sql_query(
+        "SELECT s AS slot FROM unnest($1::int[]) AS s WHERE pg_try_advisory_lock($2, s) LIMIT $3",
+    )
+    .bind::<Array<Integer>, _>(&candidates)
+    .bind::<Integer, _>(channel_key(channel))
+    .bind::<BigInt, _>(i64::try_from(want).unwrap_or(i64::MAX))
+    .load(c)
+    .map_err(Error::query("take channel slots"))?;
+    Ok(got.into_iter().filter_map(|s| usize::try_from(s.slot).ok()).collect())
+}
+
+/// Give slots back in one round trip.
+pub(super) fn slots_release(c: &mut PgConnection, channel: &str, slots: &[usize]) -> Result<()> {
+    use diesel::sql_types::{Array, Integer};
+    if slots.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<i32> = slots.iter().copied().map(slot_key).collect();
+    diesel::sql_query("SELECT pg_advisory_unlock($1, s) FROM unnest($2::int[]) AS s")
+        .bind::<Integer, _>(channel_key(channel))
+        .bind::<Array<Integer>, _>(&keys)
+        .execute(c)
+        .map(|_| ())
+        .map_err(Error::query("give back channel slots"))
+}
+
+pub(super) fn analyze(c: &mut PgConnection) -> Result<()> {
+    diesel::sql_query("ANALYZE queue_job")
+        .execute(c)
+        .map(|_| ())
+        .map_err(Error::query("refresh the statistics of the jobs table"))
+}
+
+pub(super) fn session(c: &mut PgConnection) -> Result<Session> {
+    use diesel::dsl::sql;
+    use diesel::sql_types::Integer;
+    diesel::select(sql::<Integer>("pg_backend_pid()"))
+        .get_result(c)
+        .map(Session::Postgres)
+        .map_err(Error::query("read the session's backend pid"))
+}
+
+pub(super) fn session_end(c: &mut PgConnection, pid: i32) -> Result<()> {
+    diesel::sql_query("SELECT pg_terminate_backend($1)")
+        .bind::<diesel::sql_types::Integer, _>(pid)
+        .execute(c)
+        .map(|_| ())
+        .map_err(Error::query("end a running job's session"))
+}
+
+pub(super) fn prepare_for_jobs(c: &mut PgConnection) -> Result<()> {
+    c.batch_execute("SET idle_in_transaction_session_timeout = 0")
+        .map_err(Error::query("prepare a session for jobs"))
+}
+
+/// Take (or give back) the advisory lock rescuers respect while this session settles job `id`.
+pub(super) fn settle_lock(c: &mut PgConnection, id: i64, lock: bool) -> Result<()> {
+    let function = if lock { "pg_advisory_lock" } else { "pg_advisory_unlock" };
+    diesel::sql_query(format!("SELECT {function}($1, CAST($2 % 2147483647 AS INTEGER))"))
+        .bind::<diesel::sql_types::Integer, _>(SETTLE_LOCK)
+        .bind::<BigInt, _>(id)
+        .execute(c)
+        .map(|_| ())
+        .map_err(Error::query("hold a job while settling it"))
+}
+
+/// The vtable of the error information Diesel attaches to PostgreSQL errors, learnt from a
+/// statement that fails on purpose (see [`establish`]).
+static ERROR_VTABLE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+type ErrorInformation = dyn diesel::result::DatabaseErrorInformation + Send + Sync;
+
+fn vtable_of(info: &ErrorInformation) -> usize {
+    let fat: *const ErrorInformation = info;
+    // SAFETY: a raw pointer to a trait object is two words, the data then the vtable; the words
+    // are only compared, never used as pointers.
+    let words: [usize; 2] = unsafe { std::mem::transmute(fat) };
+    words[1]
+}
+
+/// The SQLSTATE of a PostgreSQL error, read from the result Diesel keeps in the error (Diesel
+/// itself only maps a few codes to kinds). `None` for another backend's error, or when the
+/// error is not shaped as learnt: the reading is checked against the primary message Diesel
+/// reports, which lives in the same result.
+pub(super) fn sqlstate(info: &ErrorInformation) -> Option<String> {
+    use std::ffi::{CStr, c_int};
+    let expected = *ERROR_VTABLE.get()?;
+    if vtable_of(info) != expected || std::mem::size_of_val(info) != std::mem::size_of::<usize>() {
+        return None;
+    }
+    // SAFETY: the vtable is that of Diesel's PostgreSQL error information, a struct whose only
+    // field is the pointer to its `PGresult` (owned by the error, alive while `info` is).
+    let result = unsafe { *(info as *const ErrorInformation).cast::<*const pq_sys::PGresult>() };
+    if result.is_null() {
+        return None;
+    }
+    // SAFETY: `result` is a live `PGresult`; libpq returns null or a string the result owns.
+    let field = |code: u8| unsafe { pq_sys::PQresultErrorField(result, c_int::from(code)) };
+    let primary = field(b'M');
+    if primary.is_null() || primary.cast::<u8>().cast_const() != info.message().as_ptr() {
+        return None;
+    }
+    let state = field(b'C');
+    // SAFETY: non-null fields are NUL-terminated strings owned by the result.
+    (!state.is_null()).then(|| unsafe { CStr::from_ptr(state) }.to_string_lossy().into_owned())
+}
+
+/// Open a connection to `url`; the first one of the process also learns the shape of Diesel's
+/// PostgreSQL errors, so that their SQLSTATE can be read (see [`sqlstate`]).
+pub(super) fn establish(url: &str) -> std::result::Result<PgConnection, diesel::ConnectionError> {
+    let mut c = PgConnection::establish(url)?;
+    if ERROR_VTABLE.get().is_none()
+        && let Err(diesel::result::Error::DatabaseError(_, info)) =
+            diesel::sql_query("SELECT 1 / 0").execute(&mut c)
+    {
+        let _ = ERROR_VTABLE.set(vtable_of(info.as_ref()));
+        if sqlstate(info.as_ref()).as_deref() != Some("22012") {
+            tracing::warn!(
+                "cannot read SQLSTATEs of PostgreSQL errors: deadlocks and lock timeouts will be blamed on the jobs that meet them"
+            );
+        }
+    }
+    Ok(c)
 }

@@ -1,0 +1,711 @@
+//! The dispatcher: hands out work under channel capacities, watches it (timeouts, hangs), and
+//! stops gracefully.
+//!
+//! Per configured channel it keeps one claim order whatever path runs the jobs: the jobs at the
+//! head of the channel either run in a batch (an executor claims and runs them, and stops at
+//! the first job that must run alone) or, when the head is a job that must run alone, are
+//! claimed here under a lease, as many as the channel has free slots, and each handed to an
+//! executor.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use queue_core::channel::ChannelLoad;
+use queue_core::{Ending, JobId};
+
+use super::executors::{Assignment, Done, Event, Executors};
+use super::slots::Slots;
+use super::{Shutdown, Worker, WorkerStats};
+use crate::connection::{AnyConnection, in_transaction_on};
+use crate::database::PooledConn;
+use crate::error::{Error, Result};
+use crate::function::registry;
+use crate::maintenance::{Pruner, Rescuer};
+use crate::run::alone::give_up;
+use crate::run::batch::{BatchReport, BatchTicket, LONG_RUN, SLOW_CLAIM, refresh_statistics};
+use crate::run::{GaveUp, JobControl, chain, timeout_verdict};
+use crate::store::{ChannelFilter, ClaimParams, RunRow, Store};
+
+/// Longest pause after a failed claim (database down): doubles from 100 ms up to this.
+const MAX_CLAIM_BACKOFF: Duration = Duration::from_secs(10);
+/// What a job is assumed to take before any has run: the first batch holds
+/// `batch_time / this` jobs.
+const FIRST_GUESS_PER_JOB: Duration = Duration::from_millis(5);
+
+/// How a worker runs: until stopped, or until no due job is left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    Serve,
+    UntilIdle,
+}
+
+/// A unit of work handed to an executor.
+#[derive(Debug)]
+struct Flight {
+    /// Its configured channel.
+    node: String,
+    control: Arc<JobControl>,
+    /// When the watcher gives up on a job run alone, and why.
+    deadline: Option<(Instant, GaveUp)>,
+    /// A job run alone: its row and lease.
+    leased: Option<(Box<RunRow>, Arc<str>)>,
+    /// The dispatcher's wake-up count when it was handed out.
+    seq: u64,
+    /// The shared channel slots it holds, and the slot session they were taken in.
+    slots: Vec<(String, usize)>,
+    slots_session: u64,
+}
+
+/// What the dispatcher knows of a channel's batches.
+#[derive(Debug, Default)]
+struct BatchBooks {
+    running: usize,
+    /// The last batch found as many jobs as it could take: more are likely waiting.
+    full: bool,
+    /// Recent mean run time of a job, which sizes the next batch.
+    per_job: Option<Duration>,
+    /// The wake-up count when the latest batch began.
+    started_seq: u64,
+}
+
+/// The dispatcher's books.
+#[derive(Debug)]
+pub(super) struct Dispatch {
+    load: ChannelLoad,
+    in_flight: HashMap<u64, Flight>,
+    flights: u64,
+    slots: Slots,
+    pub(super) executors: Option<Executors>,
+    /// Jobs run alone whose outcome could not be stored: settled as interrupted once the
+    /// database answers.
+    unsettled: Vec<(Box<RunRow>, Arc<str>)>,
+    pub(super) stats: WorkerStats,
+    /// Channels known to have no due job, per path (true: batches), until a wake-up or a poll.
+    dry: HashSet<(String, bool)>,
+    /// Channels whose head is a job that runs alone.
+    head_alone: HashSet<String>,
+    /// The functions this worker runs, and those of them whose jobs run alone.
+    funcs: Arc<Vec<&'static str>>,
+    alone: Arc<Vec<&'static str>>,
+    batches: HashMap<String, BatchBooks>,
+    /// Counts wake-ups: a batch that began before the latest one may have missed its jobs.
+    wake_seq: u64,
+    /// The dispatcher's own connection, for claims.
+    conn: Option<PooledConn>,
+    /// Jobs run so far, when the worker stops once idle.
+    seen: Option<Arc<Mutex<HashSet<i64>>>>,
+    /// Work was handed out in this pass.
+    handed_out: bool,
+}
+
+impl Dispatch {
+    pub(super) fn new(worker: &Worker, executors: Executors, mode: Mode) -> Dispatch {
+        Dispatch {
+            load: ChannelLoad::default(),
+            in_flight: HashMap::new(),
+            flights: 0,
+            slots: Slots::for_database(&worker.db),
+            executors: Some(executors),
+            unsettled: Vec::new(),
+            stats: WorkerStats::default(),
+            dry: HashSet::new(),
+            head_alone: HashSet::new(),
+            funcs: Arc::new(worker.functions.clone()),
+            alone: Arc::new(worker.alone.clone()),
+            batches: HashMap::new(),
+            wake_seq: 0,
+            conn: None,
+            seen: (mode == Mode::UntilIdle).then(Default::default),
+            handed_out: false,
+        }
+    }
+
+    /// Jobs may have been queued: every channel is worth a look again.
+    fn wake(&mut self) {
+        self.dry.clear();
+        self.wake_seq += 1;
+    }
+
+    fn next_flight(&mut self) -> u64 {
+        self.flights += 1;
+        self.flights
+    }
+
+    /// An executor is done with `flight`.
+    fn finished(&mut self, flight: u64, done: Done) {
+        let Some(unit) = self.in_flight.remove(&flight) else {
+            // Given up on already; the watcher settled it.
+            return;
+        };
+        self.load.finish(&unit.node);
+        self.slots.release_job(unit.slots, unit.slots_session);
+        let report = match done {
+            Done::Alone(outcome) => {
+                self.stats.finished += u64::from(outcome.state.is_some());
+                // A job done may have released the jobs that waited for it.
+                if !outcome.queued.is_empty() || outcome.state == Some(queue_core::JobState::Done) {
+                    self.wake();
+                }
+                if let Some((row, _)) = &unit.leased
+                    && outcome.took >= LONG_RUN
+                {
+                    self.learn_long(&row.func);
+                }
+                if outcome.unsettled {
+                    self.unsettled.extend(unit.leased);
+                }
+                return;
+            }
+            Done::Batch(report) => report,
+        };
+        let books = self.batches.entry(unit.node.clone()).or_default();
+        books.running = books.running.saturating_sub(1);
+        match report {
+            Ok(report) => self.batch_finished(unit.node, unit.seq, report),
+            Err(e) => {
+                tracing::warn!(error = %e, "a batch failed and was rolled back; its jobs stay pending");
+                books.full = false;
+            }
+        }
+    }
+
+    fn batch_finished(&mut self, node: String, seq: u64, report: BatchReport) {
+        if !report.queued.is_empty() || report.released > 0 {
+            self.wake();
+        }
+        self.stats.claimed += report.finished as u64;
+        self.stats.finished += report.finished as u64;
+        if report.alone_next {
+            self.head_alone.insert(node.clone());
+            self.dry.remove(&(node.clone(), false));
+        }
+        let books = self.batches.entry(node.clone()).or_default();
+        books.full = report.more;
+        if let Some(per_job) = report.per_job {
+            books.per_job = Some(books.per_job.map_or(per_job, |old| (old + per_job) / 2));
+        }
+        if report.more {
+            // Whatever a concurrent batch concluded, jobs are left.
+            self.dry.remove(&(node.clone(), true));
+        }
+        // Dry, unless a wake-up came after it began (its jobs may have committed after its
+        // claim), another batch still runs (it may hold the rows), or it stopped early.
+        let dry = report.repeated
+            || (!report.more && !report.alone_next && books.running == 0 && seq == self.wake_seq);
+        if dry {
+            self.dry.insert((node, true));
+        }
+        for func in report.long {
+            self.learn_long(&func);
+        }
+    }
+
+    /// A job of `func` ran long: the function's jobs run alone from now on, in this worker.
+    fn learn_long(&mut self, func: &str) {
+        if let Some(name) = self.funcs.iter().find(|f| **f == func)
+            && !self.alone.contains(name)
+        {
+            tracing::info!(function = %func, limit = ?LONG_RUN, "a job ran long: the function's jobs now run alone, under a lease");
+            let mut alone = self.alone.as_ref().clone();
+            alone.push(name);
+            self.alone = Arc::new(alone);
+        }
+    }
+
+    /// The dispatcher's connection, opened when needed.
+    fn conn(&mut self, worker: &Worker) -> Result<&mut AnyConnection> {
+        if self.conn.is_none() {
+            self.conn = Some(worker.db.conn()?);
+        }
+        Ok(self.conn.as_deref_mut().ok_or(Error::ConnectionBusy)?)
+    }
+}
+
+impl Worker {
+    /// The claim loop, until shutdown, idleness (in `UntilIdle` mode) or a fatal error.
+    pub(super) fn dispatch(
+        &self,
+        shutdown: &Shutdown,
+        events: &Receiver<Event>,
+        jobs: &Sender<Assignment>,
+        state: &mut Dispatch,
+        mode: Mode,
+    ) -> Result<()> {
+        let channels = &self.config.channels;
+        // Deepest channels first: a sub-channel with its own capacity is not starved by the
+        // backlog of its parent.
+        let mut filters: Vec<ChannelFilter> = channels
+            .channels()
+            .map(|c| ChannelFilter {
+                node: c.name.clone(),
+                excluded: channels.configured_children(&c.name).into_iter().map(str::to_owned).collect(),
+            })
+            .collect();
+        filters.sort_by_key(|f| std::cmp::Reverse(f.node.matches('.').count()));
+        let poll = self.poll_interval();
+        let mut last_poll = Instant::now();
+        let rescuer =
+            Rescuer::new(self.db.clone(), self.config.rescue_grace).with_folder(self.liveness_folder());
+        let pruner = Pruner::new(self.db.clone(), self.config.retention);
+        let (mut last_rescue, mut last_prune) = (Instant::now(), Instant::now());
+        let mut backoff = Duration::from_millis(100);
+        if mode == Mode::Serve {
+            self.rescue(&rescuer, state);
+        }
+        while !shutdown.is_triggered() {
+            if mode == Mode::Serve {
+                if last_poll.elapsed() >= poll {
+                    state.wake();
+                    last_poll = Instant::now();
+                }
+                if last_rescue.elapsed() >= self.config.rescue_interval {
+                    last_rescue = Instant::now();
+                    self.rescue(&rescuer, state);
+                }
+                if last_prune.elapsed() >= self.config.prune_interval {
+                    last_prune = Instant::now();
+                    if let Err(e) = pruner.run_once() {
+                        tracing::warn!(error = %chain(&e), "prune pass failed");
+                    }
+                }
+            }
+            self.settle(state);
+            state.handed_out = false;
+            let mut failed = false;
+            for filter in &filters {
+                if let Err(e) = self.hand_out(filter, state, jobs) {
+                    if matches!(e, Error::NoExecutors) {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %chain(&e), retry_in = ?backoff, "failed to claim jobs");
+                    state.conn = None;
+                    failed = true;
+                    break;
+                }
+            }
+            if mode == Mode::UntilIdle && !failed && !state.handed_out && state.in_flight.is_empty() {
+                return Ok(());
+            }
+            let wait = if failed {
+                let wait = backoff;
+                backoff = (backoff * 2).min(MAX_CLAIM_BACKOFF);
+                wait
+            } else {
+                backoff = Duration::from_millis(100);
+                let until_poll = poll.saturating_sub(last_poll.elapsed());
+                let watch = self.watch_interval(state);
+                until_poll.min(watch)
+            };
+            match events.recv_timeout(wait) {
+                Ok(event) => {
+                    let mut next = Some(event);
+                    while let Some(event) = next {
+                        match event {
+                            Event::Finished { flight, done } => state.finished(flight, done),
+                            Event::Wake => state.wake(),
+                            Event::Stop => break,
+                        }
+                        next = events.try_recv().ok();
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.watch(state)?;
+        }
+        Ok(())
+    }
+
+    /// Hand out the work of one channel: jobs that run alone at its head, then batches.
+    fn hand_out(
+        &self,
+        filter: &ChannelFilter,
+        state: &mut Dispatch,
+        jobs: &Sender<Assignment>,
+    ) -> Result<()> {
+        let node = &filter.node;
+        let sequential = self.config.channels.is_sequential(node);
+        let batches = !sequential && self.config.batch_jobs > 0;
+        if !batches || state.head_alone.contains(node) {
+            self.claim_alone(filter, sequential, !batches, state, jobs)?;
+        }
+        if batches && !state.head_alone.contains(node) {
+            self.start_batches(filter, state, jobs)?;
+        }
+        Ok(())
+    }
+
+    /// Claim the jobs that run alone at the head of `filter`'s channel under a lease, as many as
+    /// the channel has free slots, and hand each to an executor. `all_alone`: every job of the
+    /// channel runs alone (sequential channels, no batches).
+    fn claim_alone(
+        &self,
+        filter: &ChannelFilter,
+        sequential: bool,
+        all_alone: bool,
+        state: &mut Dispatch,
+        jobs: &Sender<Assignment>,
+    ) -> Result<()> {
+        let channels = &self.config.channels;
+        let node = &filter.node;
+        let free = state.load.free(channels, node);
+        if free == 0 || state.dry.contains(&(node.clone(), false)) {
+            return Ok(());
+        }
+        // Slots shared with every worker: as many as this channel and each configured ancestor
+        // can spare.
+        let mut taken = state.slots.acquire(channels, node, free);
+        let want = taken.first().map_or(0, |(_, slots)| slots.len());
+        if want == 0 {
+            return Ok(());
+        }
+        let lease: Arc<str> = Arc::from(JobId::new().to_string());
+        let funcs = Arc::clone(&state.funcs);
+        let params = ClaimParams {
+            worker_id: &self.config.worker_id,
+            lease_token: &lease,
+            now: self.db.now(),
+            limit: want as i64,
+            channel: Some(filter),
+            uuids: None,
+            funcs: Some(&funcs),
+            ignore_eta: false,
+        };
+        let alone_funcs = Arc::clone(&state.alone);
+        let alone = |row: &RunRow| all_alone || row.run_alone || alone_funcs.contains(&row.func.as_str());
+        let at = Instant::now();
+        let claimed = state.conn(self).and_then(|conn| {
+            if sequential {
+                return conn.job_claim_sequential(&params).map(|rows| (rows, false, false));
+            }
+            in_transaction_on::<_, Error>(conn, |conn| {
+                let head = conn.job_claim_head(&params)?;
+                let prefix: Vec<i64> = head.iter().take_while(|row| alone(row)).map(|row| row.id).collect();
+                let batchable_next = prefix.len() < head.len();
+                let empty = head.len() < want;
+                Ok((conn.job_take(&params, &prefix)?, batchable_next, empty && !batchable_next))
+            })
+        });
+        if at.elapsed() >= SLOW_CLAIM
+            && let Ok(conn) = state.conn(self)
+        {
+            refresh_statistics(conn);
+        }
+        let (rows, batchable_next, empty) = match claimed {
+            Ok(found) => found,
+            Err(e) => {
+                state.slots.release(taken);
+                return Err(e);
+            }
+        };
+        let mut row_slots: Vec<Vec<(String, usize)>> = vec![Vec::new(); rows.len()];
+        for (channel, slots) in &mut taken {
+            for (i, slot) in slots.drain(..rows.len().min(slots.len())).enumerate() {
+                row_slots[i].push((channel.clone(), slot));
+            }
+        }
+        state.slots.release(taken);
+        if batchable_next {
+            state.head_alone.remove(node);
+        }
+        if rows.len() < want && !batchable_next {
+            state.dry.insert((node.clone(), false));
+            if empty && !all_alone {
+                state.head_alone.remove(node);
+            }
+        }
+        for (row, slots) in rows.into_iter().zip(row_slots) {
+            if let Some(seen) = &state.seen
+                && !seen.lock().unwrap_or_else(|p| p.into_inner()).insert(row.id)
+            {
+                // Run once already by this worker, which stops when idle: give it back.
+                state.conn(self)?.job_release(&[row.id], &lease)?;
+                state.slots.release_job(slots, state.slots.session);
+                state.dry.insert((node.clone(), false));
+                continue;
+            }
+            self.hand_alone(filter, row, &lease, slots, state, jobs)?;
+        }
+        Ok(())
+    }
+
+    /// Hand a job claimed under `lease` to an executor.
+    fn hand_alone(
+        &self,
+        filter: &ChannelFilter,
+        row: RunRow,
+        lease: &Arc<str>,
+        slots: Vec<(String, usize)>,
+        state: &mut Dispatch,
+        jobs: &Sender<Assignment>,
+    ) -> Result<()> {
+        state.load.start(&filter.node);
+        state.handed_out = true;
+        let control = Arc::new(JobControl::default());
+        let timeout = registry()?.get(&row.func).and_then(|f| f.timeout());
+        let deadline = match timeout {
+            Some(t) => Some((Instant::now() + t, GaveUp::TimedOut)),
+            // One writer: a job holding the write lock past the hang limit blocks every writer.
+            None if self.db.backend().single_writer() => {
+                Some((Instant::now() + self.config.hang_limit, GaveUp::Hung))
+            }
+            None => None,
+        };
+        let flight = state.next_flight();
+        let row = Box::new(row);
+        state.in_flight.insert(
+            flight,
+            Flight {
+                node: filter.node.clone(),
+                control: Arc::clone(&control),
+                deadline,
+                leased: Some((row.clone(), Arc::clone(lease))),
+                seq: state.wake_seq,
+                slots,
+                slots_session: state.slots.session,
+            },
+        );
+        state.stats.claimed += 1;
+        jobs.send(Assignment::Alone { flight, row, lease: Arc::clone(lease), control })
+            .map_err(|_| Error::NoExecutors)
+    }
+
+    /// Hand batches of `filter`'s channel to executors: one while the channel is not known to
+    /// hold more than a batch, then one per free slot while batches come back full.
+    fn start_batches(
+        &self,
+        filter: &ChannelFilter,
+        state: &mut Dispatch,
+        jobs: &Sender<Assignment>,
+    ) -> Result<()> {
+        let channels = &self.config.channels;
+        let node = &filter.node;
+        if state.dry.contains(&(node.clone(), true)) {
+            return Ok(());
+        }
+        let books = state.batches.get(node);
+        let running = books.map_or(0, |b| b.running);
+        let full = books.is_some_and(|b| b.full);
+        // A wake-up since the last batch began: the running batches may have claimed before the
+        // new jobs committed, so one more must look.
+        let woken = books.is_none_or(|b| b.started_seq < state.wake_seq);
+        let free = state.load.free(channels, node);
+        let starts = if full { free } else { usize::from(running == 0 || woken).min(free) };
+        for _ in 0..starts {
+            let taken = state.slots.acquire(channels, node, 1);
+            if taken.first().is_none_or(|(_, slots)| slots.is_empty()) {
+                break;
+            }
+            let slots: Vec<(String, usize)> =
+                taken.into_iter().filter_map(|(name, slots)| Some((name, *slots.first()?))).collect();
+            let books = state.batches.entry(node.clone()).or_default();
+            books.running += 1;
+            books.full = false;
+            books.started_seq = state.wake_seq;
+            let per_job = books.per_job.unwrap_or(FIRST_GUESS_PER_JOB).max(Duration::from_micros(1));
+            let limit = (self.config.batch_time.as_secs_f64() / per_job.as_secs_f64()) as usize;
+            let ticket = BatchTicket {
+                worker_id: Arc::from(self.config.worker_id.as_str()),
+                channel: filter.clone(),
+                funcs: Arc::clone(&state.funcs),
+                alone: Arc::clone(&state.alone),
+                limit: limit.clamp(1, self.config.batch_jobs.max(1)),
+                budget: self.config.batch_time,
+                seen: state.seen.clone(),
+            };
+            state.load.start(node);
+            state.handed_out = true;
+            let control = Arc::new(JobControl::default());
+            let flight = state.next_flight();
+            let unit = Flight {
+                node: node.clone(),
+                control: Arc::clone(&control),
+                deadline: None,
+                leased: None,
+                seq: state.wake_seq,
+                slots,
+                slots_session: state.slots.session,
+            };
+            state.in_flight.insert(flight, unit);
+            jobs.send(Assignment::Batch { flight, ticket, control }).map_err(|_| Error::NoExecutors)?;
+        }
+        Ok(())
+    }
+
+    /// How long the dispatcher may wait before it must look at its running work again.
+    fn watch_interval(&self, state: &Dispatch) -> Duration {
+        let now = Instant::now();
+        let deadline = state.in_flight.values().filter_map(|f| f.deadline.map(|(at, _)| at)).min();
+        let mut wait = deadline.map_or(Duration::MAX, |at| at.saturating_duration_since(now));
+        if state.in_flight.values().any(|f| f.leased.is_none()) {
+            wait = wait.min((self.config.hang_limit / 4).max(Duration::from_millis(10)));
+        }
+        wait
+    }
+
+    /// Give up on runs past their timeout, jobs run alone that hold a single writer's lock past
+    /// the hang limit, and batches whose current job passed the hang limit.
+    fn watch(&self, state: &mut Dispatch) -> Result<()> {
+        let now = Instant::now();
+        let due: Vec<(u64, GaveUp)> = state
+            .in_flight
+            .iter()
+            .filter_map(|(key, f)| match (f.deadline, f.control.current()) {
+                (Some((at, why)), _) if at <= now => Some((*key, why)),
+                (None, Some((_, _, ran))) if f.leased.is_none() && ran >= self.config.hang_limit => {
+                    Some((*key, GaveUp::Hung))
+                }
+                _ => None,
+            })
+            .collect();
+        for (key, why) in due {
+            self.give_up_on(state, key, why)?;
+        }
+        Ok(())
+    }
+
+    /// Give up on a unit of work: end its session, settle its job, free its slot, and start an
+    /// executor thread in place of the one still stuck in the body.
+    fn give_up_on(&self, state: &mut Dispatch, key: u64, why: GaveUp) -> Result<()> {
+        // The executor may have finished it in the meantime: its `Finished` settles it.
+        if !state.in_flight.get(&key).is_some_and(|f| f.control.give_up(why)) {
+            return Ok(());
+        }
+        let Some(unit) = state.in_flight.remove(&key) else { return Ok(()) };
+        state.load.finish(&unit.node);
+        state.slots.release_job(unit.slots, unit.slots_session);
+        let limit = self.config.hang_limit;
+        let (id, func, lease, ending) = match (&unit.leased, why) {
+            (Some((row, lease)), GaveUp::TimedOut) => {
+                state.stats.timed_out += 1;
+                let function = registry()?.get(&row.func);
+                let verdict = function.map_or_else(
+                    || queue_core::JobError::failed("TimeoutError", "timed out"),
+                    timeout_verdict,
+                );
+                (row.id, row.func.clone(), Some(Arc::clone(lease)), Ending::Returned(Err(verdict)))
+            }
+            (Some((row, lease)), _) => {
+                let message =
+                    format!("it held the database's only write lock past the hang limit of {limit:?}");
+                (row.id, row.func.clone(), Some(Arc::clone(lease)), Ending::Lost { name: "Hung", message })
+            }
+            (None, _) => {
+                let books = state.batches.entry(unit.node.clone()).or_default();
+                books.running = books.running.saturating_sub(1);
+                // Its other jobs are `pending` again once its session ends.
+                state.wake();
+                let message =
+                    format!("it ran past the hang limit of {limit:?} in a batch; its neighbours were freed");
+                let id = unit.control.current().map_or(0, |(id, _, _)| id);
+                (id, String::new(), None, Ending::Lost { name: "Hung", message })
+            }
+        };
+        tracing::warn!(job_id = id, ?why, "no longer waiting for a job");
+        if let Err(e) =
+            give_up(&self.db, &unit.control, id, &func, lease.as_deref(), ending, &self.config.worker_id)
+        {
+            tracing::warn!(job_id = id, error = %chain(&e), "cannot settle a job given up on now; it will be rescued");
+        }
+        if let Some(executors) = state.executors.as_mut() {
+            executors.spawn()?;
+        }
+        Ok(())
+    }
+
+    /// Settle jobs run alone whose outcome could not be stored (the database failed under
+    /// them): each counts as an interruption.
+    fn settle(&self, state: &mut Dispatch) {
+        let mut unsettled = std::mem::take(&mut state.unsettled);
+        unsettled.retain(|(row, lease)| {
+            let ending = Ending::Interrupted { reason: "the database failed under it".into() };
+            let settled = self.db.conn().and_then(|mut conn| {
+                crate::run::alone::settle_outside(
+                    &self.db,
+                    &mut conn,
+                    row,
+                    Some(lease),
+                    ending,
+                    &self.config.worker_id,
+                )
+            });
+            match settled {
+                Ok(_) => {
+                    state.stats.released += 1;
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(job_id = row.id, error = %chain(&e), "cannot give a job back yet");
+                    true
+                }
+            }
+        });
+        state.unsettled = unsettled;
+    }
+
+    /// One rescue pass: jobs whose worker is gone, and jobs a dead worker was running in batches.
+    fn rescue(&self, rescuer: &Rescuer, state: &mut Dispatch) {
+        match rescuer.run_once() {
+            Ok(rescued) => {
+                state.stats.rescued += rescued.requeued + rescued.failed;
+                if rescued.requeued > 0 {
+                    state.wake();
+                }
+            }
+            Err(e) => tracing::warn!(error = %chain(&e), "rescue pass failed"),
+        }
+    }
+
+    /// Stop: let running batches commit what they have done, wait for running work up to the
+    /// grace period, then end the sessions of what still runs and give its jobs back.
+    pub(super) fn drain(&self, events: &Receiver<Event>, state: &mut Dispatch) {
+        for unit in state.in_flight.values() {
+            unit.control.wind_down();
+        }
+        let deadline = Instant::now() + self.config.grace_period;
+        while !state.in_flight.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match events.recv_timeout(left) {
+                Ok(Event::Finished { flight, done }) => state.finished(flight, done),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        for (_, unit) in state.in_flight.drain() {
+            if !unit.control.give_up(GaveUp::Abandoned) {
+                continue;
+            }
+            let given_back = self.db.conn().and_then(|mut conn| {
+                let id = unit.leased.as_ref().map(|(row, _)| row.id);
+                if let Some(id) = id {
+                    conn.job_settle_lock(id)?;
+                }
+                let ended = unit.control.end_session(&mut conn);
+                let released = match (&unit.leased, &ended) {
+                    (Some((row, lease)), Ok(_)) => conn.job_release(&[row.id], lease).map(|n| n as u64),
+                    _ => Ok(0),
+                };
+                if let Some(id) = id {
+                    conn.job_settle_unlock(id)?;
+                }
+                ended?;
+                released
+            });
+            match given_back {
+                Ok(n) => state.stats.released += n,
+                Err(e) => {
+                    tracing::warn!(error = %chain(&e), "could not give running work back; it will be rescued")
+                }
+            }
+        }
+        self.settle(state);
+        for (row, _) in &state.unsettled {
+            tracing::error!(
+                job_id = row.id,
+                "could not give a job back; it stays started until it is rescued"
+            );
+        }
+    }
+}

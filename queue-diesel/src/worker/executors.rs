@@ -1,0 +1,168 @@
+//! The executor threads: each takes a unit of work from the dispatcher (a batch to claim and run,
+//! or a job claimed to run alone), runs it on a connection it keeps between units, and reports.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+
+use queue_core::Ending;
+
+use crate::connection::{poison, set_worker_thread};
+use crate::database::{Database, PooledConn};
+use crate::error::{Error, Result};
+use crate::liveness::Record;
+use crate::run::alone::{self, Outcome};
+use crate::run::batch::{self, BatchFailed, BatchReport, BatchTicket};
+use crate::run::{JobControl, chain};
+use crate::store::{RunRow, Session, Store};
+
+/// Work handed to an executor.
+pub(super) enum Assignment {
+    /// A job claimed under `lease`, to run alone.
+    Alone { flight: u64, row: Box<RunRow>, lease: Arc<str>, control: Arc<JobControl> },
+    /// A batch to claim and run.
+    Batch { flight: u64, ticket: BatchTicket, control: Arc<JobControl> },
+}
+
+/// How a unit of work ended.
+#[derive(Debug)]
+pub(super) enum Done {
+    /// A job run alone.
+    Alone(Outcome),
+    /// A batch, or why it failed as a whole.
+    Batch(std::result::Result<BatchReport, String>),
+}
+
+/// What the dispatcher reacts to.
+#[derive(Debug)]
+pub(super) enum Event {
+    /// An executor is done with a unit of work.
+    Finished { flight: u64, done: Done },
+    /// A job may have been queued.
+    Wake,
+    /// Stop claiming and shut down.
+    Stop,
+}
+
+/// The executor threads: how to start one more (to replace one stuck in a job given up on).
+#[derive(Debug)]
+pub(super) struct Executors {
+    pub db: Database,
+    pub worker_id: Arc<str>,
+    pub jobs: Arc<Mutex<Receiver<Assignment>>>,
+    pub events: Sender<Event>,
+    pub record: Option<Arc<Record>>,
+    pub started: usize,
+}
+
+/// An executor's connection, kept between units of work.
+struct Held {
+    conn: PooledConn,
+    session: Option<Session>,
+}
+
+impl Executors {
+    /// Start one more executor thread.
+    pub(super) fn spawn(&mut self) -> Result<()> {
+        let db = self.db.clone();
+        let jobs = Arc::clone(&self.jobs);
+        let events = self.events.clone();
+        let worker_id = Arc::clone(&self.worker_id);
+        let slot = self.record.as_ref().map(|r| r.slot(self.started));
+        self.started += 1;
+        std::thread::Builder::new()
+            .name(format!("queue-exec-{}", self.started))
+            .spawn(move || {
+                set_worker_thread(true);
+                let mut held: Option<Held> = None;
+                loop {
+                    let next = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok(assignment) = next else { return };
+                    if held.is_none() {
+                        held = connect(&db);
+                    }
+                    let (flight, control, done) = match assignment {
+                        Assignment::Alone { flight, row, lease, control } => {
+                            control.attach(held.as_ref().and_then(|h| h.session));
+                            // Job panics are caught inside; this catches the queue's own, so
+                            // that the slot and the job are always accounted for.
+                            let outcome = held.as_mut().map(|h| {
+                                catch_unwind(AssertUnwindSafe(|| {
+                                    alone::run(&db, &mut h.conn, &row, &lease, &worker_id, Some(&control))
+                                }))
+                            });
+                            let outcome = match outcome {
+                                Some(Ok(outcome)) => outcome,
+                                _ => {
+                                    held = None;
+                                    Outcome { unsettled: true, ..Outcome::default() }
+                                }
+                            };
+                            if !outcome.queued.is_empty() {
+                                db.wake();
+                            }
+                            (flight, control, Done::Alone(outcome))
+                        }
+                        Assignment::Batch { flight, ticket, control } => {
+                            control.attach(held.as_ref().and_then(|h| h.session));
+                            let report = match held.as_mut() {
+                                Some(h) => catch_unwind(AssertUnwindSafe(|| {
+                                    batch::run(&db, &mut h.conn, &ticket, &control, slot.as_ref())
+                                }))
+                                .unwrap_or_else(|_| {
+                                    let error = Error::Config("the batch runner panicked".into());
+                                    Err(BatchFailed { error, interrupted: None })
+                                }),
+                                None => Err(BatchFailed {
+                                    error: Error::Config("no connection".into()),
+                                    interrupted: None,
+                                }),
+                            };
+                            let report = report.map_err(|failed| {
+                                held = None;
+                                interrupted(&db, &worker_id, &failed);
+                                chain(&failed.error)
+                            });
+                            (flight, control, Done::Batch(report))
+                        }
+                    };
+                    // Whether the dispatcher gave up on the work first (then its session was
+                    // ended, and a new thread replaced this one).
+                    let finished_first = control.finish();
+                    control.detach();
+                    if !finished_first && let Some(mut h) = held.take() {
+                        poison(&mut h.conn);
+                    }
+                    if events.send(Event::Finished { flight, done }).is_err() || !finished_first {
+                        return;
+                    }
+                }
+            })
+            .map(|_| ())
+            .map_err(|source| Error::Io { what: "failed to start an executor thread", source })
+    }
+}
+
+/// A connection for jobs, with the session handle a watcher needs to end it.
+fn connect(db: &Database) -> Option<Held> {
+    let opened = db.conn().and_then(|mut conn| {
+        conn.session_prepare_for_jobs()?;
+        let session = conn.session().ok();
+        Ok(Held { conn, session })
+    });
+    opened.map_err(|e| tracing::error!(error = %chain(&e), "no connection to run jobs")).ok()
+}
+
+/// A batch failed as a whole with a job running: that job runs alone from now on, and the
+/// failure counts as an interruption (the first few cost no try), so a job that kills its own
+/// session or breaks its transaction cannot take batch after batch down.
+fn interrupted(db: &Database, worker_id: &str, failed: &BatchFailed) {
+    let Some(id) = failed.interrupted else { return };
+    tracing::warn!(job_id = id, error = %chain(&failed.error), "a batch failed under a job; it runs alone from now on");
+    let ending = Ending::Interrupted { reason: format!("its batch failed under it: {}", failed.error) };
+    let settled =
+        db.conn().and_then(|mut conn| alone::settle_id(db, &mut conn, id, "", None, ending, worker_id));
+    if let Err(e) = settled {
+        tracing::warn!(job_id = id, error = %chain(&e), "cannot mark a job to run alone now");
+    }
+}
