@@ -210,6 +210,161 @@ impl Partner {
         let n: i64 = partners::table.count().get_result(&mut *env.conn())?;
         Ok(format!("{n} partners"))
     }
+
+    /// Writes to its records, then "sends a mail": appends a line (its uuid and try) to the
+    /// file at `path`, an effect outside the database that cannot be rolled back.
+    pub fn send_reminder(records: Vec<Partner>, env: &Env, path: String) -> JobResult {
+        for p in &records {
+            diesel::update(partners::table.find(p.id))
+                .set(partners::exports.eq(partners::exports + 1))
+                .execute(&mut *env.conn())?;
+        }
+        let line =
+            format!("{} {}\n", env.job_id().map(|id| id.to_string()).unwrap_or_default(), env.attempt());
+        append(&path, &line);
+        Ok(())
+    }
+
+    /// Locks its record, then the partner `other`: on PostgreSQL a transaction holding `other`
+    /// and waiting for this record makes it a deadlock.
+    pub fn lock_both(records: Vec<Partner>, env: &Env, other: i64, flag: String) -> JobResult {
+        for p in &records {
+            diesel::update(partners::table.find(p.id))
+                .set(partners::note.eq("first"))
+                .execute(&mut *env.conn())?;
+        }
+        raise(&flag);
+        diesel::update(partners::table.find(other))
+            .set(partners::note.eq("second"))
+            .execute(&mut *env.conn())?;
+        Ok(())
+    }
+
+    /// Meets a database conflict every time: PostgreSQL, a row lock the test holds
+    /// (`NOWAIT`); SQLite, a write through a connection of its own, which the job's transaction
+    /// (holding the write lock) keeps busy.
+    #[job(max_retries = 2)]
+    pub fn always_conflicts(_records: Vec<Partner>, env: &Env, held: i64) -> JobResult {
+        match env.database().sqlite_path() {
+            Some(path) => {
+                let mut other = diesel::SqliteConnection::establish(&path)
+                    .map_err(|e| JobError::failed("Connect", e.to_string()))?;
+                diesel::sql_query("PRAGMA busy_timeout = 20").execute(&mut other)?;
+                diesel::sql_query("UPDATE partners SET note = 'other'").execute(&mut other)?;
+            }
+            None => {
+                diesel::sql_query("SELECT id FROM partners WHERE id = $1 FOR UPDATE NOWAIT")
+                    .bind::<diesel::sql_types::BigInt, _>(held)
+                    .execute(&mut *env.conn())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// PostgreSQL: ends its own database session.
+    #[job(max_retries = 2)]
+    pub fn ends_own_session(_records: Vec<Partner>, env: &Env) -> JobResult {
+        diesel::sql_query("SELECT pg_terminate_backend(pg_backend_pid())").execute(&mut *env.conn())?;
+        Ok(())
+    }
+
+    /// Sleeps without touching the database: its transaction sits idle meanwhile.
+    #[job(isolated)]
+    pub fn idles(records: Vec<Partner>, env: &Env, millis: u64) -> JobResult {
+        std::thread::sleep(Duration::from_millis(millis));
+        for p in &records {
+            diesel::update(partners::table.find(p.id))
+                .set(partners::note.eq("idled"))
+                .execute(&mut *env.conn())?;
+        }
+        Ok(())
+    }
+
+    /// Writes, then hangs for `millis` on its first try (raising `flag` while it does); done
+    /// at once on later tries.
+    pub fn hangs_once(records: Vec<Partner>, env: &Env, millis: u64, flag: String) -> JobResult {
+        for p in &records {
+            diesel::update(partners::table.find(p.id))
+                .set(partners::note.eq("hung"))
+                .execute(&mut *env.conn())?;
+        }
+        if env.attempt() == 1 {
+            raise(&flag);
+            std::thread::sleep(Duration::from_millis(millis));
+            lower(&flag);
+        }
+        Ok(())
+    }
+
+    /// Records `tag` in the order jobs start (see [`started_order`]).
+    pub fn ordered(_records: Vec<Partner>, key: String, tag: String) -> JobResult {
+        record_start(&key, &tag);
+        Ok(())
+    }
+
+    /// `ordered`, each job alone.
+    #[job(isolated)]
+    pub fn ordered_alone(_records: Vec<Partner>, key: String, tag: String) -> JobResult {
+        record_start(&key, &tag);
+        Ok(())
+    }
+
+    /// `ordered`, with a timeout.
+    #[job(timeout = "30s")]
+    pub fn ordered_timed(_records: Vec<Partner>, key: String, tag: String) -> JobResult {
+        record_start(&key, &tag);
+        Ok(())
+    }
+
+    /// `ordered`, taking `millis` (a job over a second marks the function as long-running).
+    pub fn ordered_slow(_records: Vec<Partner>, key: String, tag: String, millis: u64) -> JobResult {
+        record_start(&key, &tag);
+        std::thread::sleep(Duration::from_millis(millis));
+        Ok(())
+    }
+}
+
+/// Append `line` to the file at `path`.
+pub fn append(path: &str, line: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open the log");
+    file.write_all(line.as_bytes()).expect("append to the log");
+}
+
+/// Named flags the jobs raise for the tests to see (a job holding a lock, a job hanging).
+static FLAGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Raise the flag `name`.
+pub fn raise(name: &str) {
+    FLAGS.lock().unwrap_or_else(|p| p.into_inner()).push(name.to_owned());
+}
+
+/// Lower the flag `name`.
+pub fn lower(name: &str) {
+    FLAGS.lock().unwrap_or_else(|p| p.into_inner()).retain(|f| f != name);
+}
+
+/// True while the flag `name` is raised.
+pub fn raised(name: &str) -> bool {
+    FLAGS.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|f| f == name)
+}
+
+/// Per key: the tags of `ordered*` jobs, in the order they started.
+static STARTS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+fn record_start(key: &str, tag: &str) {
+    STARTS.lock().unwrap_or_else(|p| p.into_inner()).push((key.to_owned(), tag.to_owned()));
+}
+
+/// The tags of `ordered*` jobs of `key`, in the order they started.
+pub fn started_order(key: &str) -> Vec<String> {
+    STARTS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, t)| t.clone())
+        .collect()
 }
 
 diesel::table! {
@@ -255,6 +410,27 @@ impl Counter {
     /// `bump`, each job alone in its own transaction under a lease.
     #[job(isolated)]
     pub fn bump_alone(records: Vec<Counter>, env: &Env, pause_us: u64) -> JobResult {
+        bump_counters(&records, env, pause_us)
+    }
+
+    /// `bump`, noting each run of its body in the file at `log` (an effect outside the
+    /// database: runs that were rolled back show there too).
+    pub fn bump_logged(records: Vec<Counter>, env: &Env, pause_us: u64, log: String) -> JobResult {
+        append(&log, &format!("{}\n", env.job_id().map(|id| id.to_string()).unwrap_or_default()));
+        bump_counters(&records, env, pause_us)
+    }
+
+    /// Kills its own process, as an abort, a stack overflow or the OOM killer would.
+    #[job(max_retries = 3)]
+    pub fn poison(_records: Vec<Counter>) -> JobResult {
+        std::process::abort()
+    }
+
+    /// Hangs for `hang_ms` on its first try, then counts like `bump`.
+    pub fn hang_first(records: Vec<Counter>, env: &Env, pause_us: u64, hang_ms: u64) -> JobResult {
+        if env.attempt() == 1 {
+            std::thread::sleep(Duration::from_millis(hang_ms));
+        }
         bump_counters(&records, env, pause_us)
     }
 }

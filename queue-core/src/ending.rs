@@ -97,7 +97,7 @@ impl Settlement {
 
 /// Delay before a job interrupted `n` times runs again: a second, doubling up to a minute.
 fn interruption_backoff(n: i32) -> Duration {
-    Duration::from_secs(1u64 << n.clamp(0, 6) as u32).min(Duration::from_secs(60))
+    Duration::from_secs(1u64 << (n - 1).clamp(0, 6) as u32).min(Duration::from_secs(60))
 }
 
 /// True when `attempts` tries use up what `max_retries` allows.

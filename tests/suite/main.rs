@@ -3,6 +3,7 @@
 
 mod channels;
 mod dependencies;
+mod isolation;
 mod modes;
 mod operator;
 mod options;
