@@ -461,6 +461,24 @@ fn bump_counters(records: &[Counter], env: &Env, pause_us: u64) -> JobResult {
     Ok(())
 }
 
+/// Create the chaos test's tables (a counter at 0 and the effects) in `db`.
+pub fn create_chaos_tables(db: &Database) -> Result<(), queue_diesel::Error> {
+    let sql = match db.backend() {
+        Backend::Sqlite => {
+            "CREATE TABLE chaos_counter (id INTEGER PRIMARY KEY, n BIGINT NOT NULL); CREATE TABLE chaos_effect (job TEXT PRIMARY KEY);"
+        }
+        Backend::Postgres => {
+            "CREATE TABLE chaos_counter (id BIGINT PRIMARY KEY, n BIGINT NOT NULL); CREATE TABLE chaos_effect (job TEXT PRIMARY KEY);"
+        }
+    };
+    let mut conn = db.conn()?;
+    conn.batch(sql)?;
+    diesel::insert_into(chaos_counter::table)
+        .values((chaos_counter::id.eq(1), chaos_counter::n.eq(0)))
+        .execute(&mut *conn)?;
+    Ok(())
+}
+
 /// A database for one test, removed when dropped.
 pub struct TestDb {
     /// The database, migrated, with the `partners` table.
@@ -578,6 +596,9 @@ impl Drop for TestDb {
                 let _ = std::fs::remove_dir_all(format!("{path}.workers"));
             }
             Cleanup::PgDatabase { admin_url, name } => {
+                let redacted = queue_diesel::database::redact(&self.url);
+                let folder = queue_diesel::liveness::folder_of_server(&std::env::temp_dir(), &redacted);
+                let _ = std::fs::remove_dir_all(folder);
                 if let Ok(mut admin) = PgConnection::establish(admin_url) {
                     let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                         .execute(&mut admin);
@@ -648,7 +669,7 @@ pub fn finish_as(
         retry_in: (state == queue_diesel::JobState::Pending).then_some(Duration::ZERO),
         result: None,
         exc: None,
-        alone: false,
+        isolation: queue_diesel::core::Isolation::Shared,
     };
     let params = SettleParams {
         id,

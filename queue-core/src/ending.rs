@@ -13,6 +13,39 @@ use crate::state::JobState;
 /// deadlocks, or that ends its own session, still ends.
 pub const FREE_INTERRUPTIONS: i32 = 3;
 
+/// How far a job is kept apart from other jobs when it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Isolation {
+    /// It may share a batch transaction with other jobs.
+    #[default]
+    Shared,
+    /// It runs in a transaction of its own: it met a database conflict, or hung, in a batch.
+    Transaction,
+    /// No other job runs beside it in its worker: a worker died while running it, so it may be
+    /// what kills workers; run alone, it can take no other job down with it.
+    Process,
+}
+
+impl Isolation {
+    /// The level stored in the database (0, 1, 2).
+    pub fn level(self) -> i32 {
+        match self {
+            Isolation::Shared => 0,
+            Isolation::Transaction => 1,
+            Isolation::Process => 2,
+        }
+    }
+
+    /// The isolation a stored level stands for (unknown levels are the strictest).
+    pub fn from_level(level: i32) -> Isolation {
+        match level {
+            i32::MIN..=0 => Isolation::Shared,
+            1 => Isolation::Transaction,
+            _ => Isolation::Process,
+        }
+    }
+}
+
 /// How one run of a job ended.
 #[derive(Debug)]
 pub enum Ending {
@@ -24,11 +57,15 @@ pub enum Ending {
         /// What happened, for people.
         reason: String,
     },
-    /// The run never ended: its worker died while running it, or it ran past the hang limit.
-    /// The try counts; the job runs again, alone, until its tries are spent.
-    Lost {
-        /// Error name stored on the job (`WorkerLost`, `Hung`).
-        name: &'static str,
+    /// Its worker died while running it (`WorkerLost`). The try counts; the job runs again
+    /// with no other job beside it in its worker, until its tries are spent.
+    Died {
+        /// What happened, for people.
+        message: String,
+    },
+    /// It ran past the hang limit and was given up on (`Hung`). The try counts; the job runs
+    /// again in a transaction of its own.
+    Hung {
         /// What happened, for people.
         message: String,
     },
@@ -43,6 +80,8 @@ pub struct Tries {
     pub max_retries: i32,
     /// Interruptions met before this run.
     pub interruptions: i32,
+    /// How far it is kept apart from other jobs.
+    pub isolation: Isolation,
 }
 
 /// An error stored on a job: name, message, details.
@@ -77,8 +116,8 @@ pub struct Settlement {
     pub result: Option<String>,
     /// The error, when there is one.
     pub exc: Option<Exception>,
-    /// From now on, the job runs alone in its own transaction, never in a batch.
-    pub alone: bool,
+    /// How far the job is kept apart from other jobs from now on.
+    pub isolation: Isolation,
 }
 
 impl Settlement {
@@ -90,7 +129,7 @@ impl Settlement {
             retry_in: None,
             result: None,
             exc: None,
-            alone: false,
+            isolation: tries.isolation,
         }
     }
 }
@@ -129,7 +168,7 @@ pub fn settle(ending: Ending, tries: Tries, pattern: Option<&RetryPattern>) -> S
                     exc: Some(Exception::new("MaxRetriesReached", message, "")),
                     interruptions,
                     attempts,
-                    alone: true,
+                    isolation: tries.isolation.max(Isolation::Transaction),
                     ..Settlement::counted(tries, JobState::Failed)
                 };
             }
@@ -140,22 +179,26 @@ pub fn settle(ending: Ending, tries: Tries, pattern: Option<&RetryPattern>) -> S
                 retry_in: Some(interruption_backoff(interruptions)),
                 result: None,
                 exc: Some(Exception::new("Interrupted", note, "")),
-                alone: true,
+                isolation: tries.isolation.max(Isolation::Transaction),
             }
         }
-        Ending::Lost { name, message } => {
-            let mut settled = Settlement::counted(tries, JobState::Pending);
-            settled.alone = true;
-            if spent(settled.attempts, tries.max_retries) {
-                settled.state = JobState::Failed;
-                settled.exc = Some(Exception::new(name, format!("{message}; its tries are spent"), ""));
-            } else {
-                settled.retry_in = Some(Duration::ZERO);
-                settled.exc = Some(Exception::new(name, message, ""));
-            }
-            settled
-        }
+        Ending::Died { message } => lost("WorkerLost", message, Isolation::Process, tries),
+        Ending::Hung { message } => lost("Hung", message, Isolation::Transaction, tries),
     }
+}
+
+/// A run that never ended: its try counts, and the job runs again at least this `isolated`.
+fn lost(name: &str, message: String, isolated: Isolation, tries: Tries) -> Settlement {
+    let mut settled = Settlement::counted(tries, JobState::Pending);
+    settled.isolation = tries.isolation.max(isolated);
+    if spent(settled.attempts, tries.max_retries) {
+        settled.state = JobState::Failed;
+        settled.exc = Some(Exception::new(name, format!("{message}; its tries are spent"), ""));
+    } else {
+        settled.retry_in = Some(Duration::ZERO);
+        settled.exc = Some(Exception::new(name, message, ""));
+    }
+    settled
 }
 
 fn settle_verdict(verdict: JobError, tries: Tries, pattern: Option<&RetryPattern>) -> Settlement {
@@ -169,7 +212,7 @@ fn settle_verdict(verdict: JobError, tries: Tries, pattern: Option<&RetryPattern
             ),
             result: None,
             exc: Some(Exception::new("Postponed", reason, "")),
-            alone: false,
+            isolation: tries.isolation,
         },
         JobError::Retry { after, reason, ignore_attempt: false } => {
             let settled = Settlement::counted(tries, JobState::Pending);
@@ -204,7 +247,7 @@ fn settle_verdict(verdict: JobError, tries: Tries, pattern: Option<&RetryPattern
 mod tests {
     use super::*;
 
-    const FRESH: Tries = Tries { before: 0, max_retries: 3, interruptions: 0 };
+    const FRESH: Tries = Tries { before: 0, max_retries: 3, interruptions: 0, isolation: Isolation::Shared };
 
     fn returned(verdict: JobError, tries: Tries) -> Settlement {
         settle(Ending::Returned(Err(verdict)), tries, None)
@@ -230,7 +273,7 @@ mod tests {
         let s = returned(JobError::retry("busy"), last);
         assert_eq!((s.state, s.attempts), (JobState::Failed, 3));
         assert_eq!(s.exc.expect("error").message, "max retries (3) reached: busy");
-        let forever = Tries { before: 99, max_retries: 0, interruptions: 0 };
+        let forever = Tries { before: 99, max_retries: 0, ..FRESH };
         assert_eq!(returned(JobError::retry("busy"), forever).state, JobState::Pending);
     }
 
@@ -256,7 +299,7 @@ mod tests {
         for n in 1..=FREE_INTERRUPTIONS {
             let s = settle(Ending::Interrupted { reason: "deadlock detected".into() }, tries, None);
             assert_eq!((s.state, s.attempts, s.interruptions), (JobState::Pending, 0, n));
-            assert!(s.alone);
+            assert_eq!(s.isolation, Isolation::Transaction);
             tries.interruptions = s.interruptions;
         }
         let s = settle(Ending::Interrupted { reason: "deadlock detected".into() }, tries, None);
@@ -266,12 +309,18 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_run_counts_and_runs_alone() {
-        let lost = || Ending::Lost { name: "WorkerLost", message: "its worker died".into() };
-        let s = settle(lost(), FRESH, None);
-        assert_eq!((s.state, s.attempts, s.alone), (JobState::Pending, 1, true));
-        let s = settle(lost(), Tries { before: 2, ..FRESH }, None);
+    fn a_lost_run_counts_and_runs_apart() {
+        let died = || Ending::Died { message: "its worker died".into() };
+        let s = settle(died(), FRESH, None);
+        assert_eq!((s.state, s.attempts, s.isolation), (JobState::Pending, 1, Isolation::Process));
+        let s = settle(died(), Tries { before: 2, ..FRESH }, None);
         assert_eq!((s.state, s.attempts), (JobState::Failed, 3));
         assert_eq!(s.exc.expect("error").name, "WorkerLost");
+        let s = settle(Ending::Hung { message: "hung".into() }, FRESH, None);
+        assert_eq!((s.state, s.attempts, s.isolation), (JobState::Pending, 1, Isolation::Transaction));
+        let suspect = Tries { isolation: Isolation::Process, ..FRESH };
+        let s = settle(Ending::Hung { message: "hung".into() }, suspect, None);
+        assert_eq!(s.isolation, Isolation::Process, "isolation never loosens");
+        assert_eq!(Isolation::from_level(Isolation::Process.level()), Isolation::Process);
     }
 }

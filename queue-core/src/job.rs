@@ -122,9 +122,10 @@ pub struct Job {
     pub worker_id: Option<String>,
     /// Token of the current claim; only its holder may finish the job.
     pub lease_token: Option<String>,
-    /// It runs in a transaction of its own, never in a batch: its worker died while running
-    /// it, it hung, or it met a database conflict.
-    pub run_alone: bool,
+    /// How far it is kept apart from other jobs when it runs: a conflict or a hang makes it run
+    /// in a transaction of its own, a worker that died under it makes it run with no other job
+    /// beside it.
+    pub isolation: crate::ending::Isolation,
     /// Runs stopped by something that was not the job's fault (a deadlock, a lost session).
     pub interruptions: i32,
 }

@@ -37,7 +37,7 @@ pub mod state;
 pub use channel::ChannelConfig;
 pub use clock::{Clock, MockClock, SystemClock};
 pub use context::Context;
-pub use ending::{Ending, Settlement, Tries};
+pub use ending::{Ending, Isolation, Settlement, Tries};
 pub use error::{Error, JobError, JobResult, Result};
 pub use job::{Job, JobId, NewJob};
 pub use options::{Eta, FunctionDefaults, JobOptions};

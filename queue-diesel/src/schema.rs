@@ -59,8 +59,9 @@ diesel::table! {
         lease_token -> Nullable<Text>,
         /// Some job depends on this one.
         has_dependents -> Bool,
-        /// Runs in a transaction of its own, never in a batch.
-        run_alone -> Bool,
+        /// How far it is kept apart from other jobs (0 shares batches, 1 its own transaction,
+        /// 2 no other job beside it in its worker).
+        isolation -> Integer,
         /// Runs stopped by something that was not the job's fault.
         interruptions -> Integer,
     }

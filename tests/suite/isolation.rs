@@ -153,7 +153,7 @@ fn an_innocent_job_that_meets_a_deadlock_is_not_blamed(t: TestDb) {
         (JobState::Done, 1, 1),
         "the deadlock cost no try"
     );
-    assert!(job.run_alone, "it ran again alone");
+    assert_eq!(job.isolation, queue_diesel::core::Isolation::Transaction, "it ran again alone");
     assert_eq!(t.partner(list[1].id).expect("partner").note, "second", "its second run wrote");
     assert_eq!(mail.lines().len(), 2, "its neighbours ran once each: {:?}", mail.lines());
 }
@@ -298,8 +298,8 @@ fn a_hanging_job_frees_its_batch_and_runs_alone(t: TestDb) {
     });
     let job = t.db.job(&hung).expect("job");
     assert_eq!(
-        (job.attempts, job.run_alone),
-        (2, true),
+        (job.attempts, job.isolation, job.exc_name.as_deref()),
+        (2, queue_diesel::core::Isolation::Transaction, None),
         "the hang counted a try; it runs alone from then on"
     );
     let sent = mail.lines();

@@ -2,6 +2,7 @@
 //! on PostgreSQL.
 
 mod channels;
+mod crash;
 mod dependencies;
 mod isolation;
 mod modes;

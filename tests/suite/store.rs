@@ -102,7 +102,7 @@ fn finish_is_fenced_by_the_lease(t: TestDb) {
         retry_in: None,
         result: Some("ok".into()),
         exc: None,
-        alone: false,
+        isolation: queue_diesel::core::Isolation::Shared,
     };
     let now = Utc::now();
     let finish = |lease: &'static str| SettleParams {

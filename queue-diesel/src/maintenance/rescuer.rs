@@ -103,7 +103,7 @@ impl Rescuer {
                     dead.worker,
                     attempts + 1
                 );
-                let ending = Ending::Lost { name: "WorkerLost", message };
+                let ending = Ending::Died { message };
                 let settled = self
                     .db
                     .conn()

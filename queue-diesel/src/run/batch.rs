@@ -142,7 +142,7 @@ pub(crate) fn run(
         let iso = Rc::new(Isolation::new(conn.savepoint_budget()));
         let mut books = Books { rows: &rows, done: Vec::new(), queued: Vec::new(), settled: 0 };
         for row in &rows {
-            if row.run_alone || ticket.alone.contains(&row.func.as_str()) {
+            if row.isolation != 0 || ticket.alone.contains(&row.func.as_str()) {
                 report.alone_next = true;
                 break;
             }

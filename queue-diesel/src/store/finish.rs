@@ -2,7 +2,6 @@
 //! backs, and what finishing does to a job's children.
 
 use chrono::NaiveDateTime;
-use diesel::IntoSql;
 use diesel::prelude::*;
 use queue_core::JobState;
 
@@ -190,7 +189,7 @@ pub(super) fn settle(conn: &mut AnyConnection, p: &SettleParams<'_>) -> Result<b
         dsl::state.eq(s.state.as_str()),
         dsl::attempts.eq(s.attempts),
         dsl::interruptions.eq(s.interruptions),
-        dsl::run_alone.eq(dsl::run_alone.or(s.alone.into_sql::<diesel::sql_types::Bool>())),
+        dsl::isolation.eq(s.isolation.level()),
         dsl::eta.eq(eta),
         dsl::result.eq(result.as_deref()),
         dsl::exc_name.eq(exc.as_ref().map(|e| e.0.as_ref())),
@@ -237,18 +236,22 @@ pub(super) fn standing(conn: &mut AnyConnection, id: i64) -> Result<Option<Stand
         dsl::attempts,
         dsl::max_retries,
         dsl::interruptions,
+        dsl::isolation,
         dsl::lease_token,
     ));
-    type Found = (String, i32, i32, i32, Option<String>);
+    type Found = (String, i32, i32, i32, i32, Option<String>);
     let found: Option<Found> = match conn {
         AnyConnection::Sqlite(c) => target.first(c).optional(),
         AnyConnection::Postgres(c) => target.for_update().first(c).optional(),
     }
     .map_err(Error::query("read where a job stands"))?;
-    let Some((state, attempts, max_retries, interruptions, lease_token)) = found else { return Ok(None) };
+    let Some((state, attempts, max_retries, interruptions, isolation, lease_token)) = found else {
+        return Ok(None);
+    };
+    let isolation = queue_core::Isolation::from_level(isolation);
     Ok(Some(Standing {
         state: state.parse::<JobState>()?,
-        tries: queue_core::Tries { before: attempts, max_retries, interruptions },
+        tries: queue_core::Tries { before: attempts, max_retries, interruptions, isolation },
         lease_token,
     }))
 }

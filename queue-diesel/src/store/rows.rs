@@ -2,7 +2,7 @@
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use queue_core::{Context, Job, JobId, JobState, NewJob, Tries};
+use queue_core::{Context, Isolation, Job, JobId, JobState, NewJob, Tries};
 
 use crate::error::{Error, Result};
 use crate::schema::queue_job;
@@ -40,7 +40,7 @@ pub struct JobRow {
     pub worker_id: Option<String>,
     pub lease_token: Option<String>,
     pub has_dependents: bool,
-    pub run_alone: bool,
+    pub isolation: i32,
     pub interruptions: i32,
 }
 
@@ -133,7 +133,7 @@ impl JobRow {
             date_done: self.date_done.map(|t| t.and_utc()),
             worker_id: self.worker_id.clone(),
             lease_token: self.lease_token.clone(),
-            run_alone: self.run_alone,
+            isolation: queue_core::Isolation::from_level(self.isolation),
             interruptions: self.interruptions,
         })
     }
@@ -156,13 +156,13 @@ pub struct RunRow {
     pub max_retries: i32,
     pub interruptions: i32,
     pub identity_key: Option<String>,
-    pub run_alone: bool,
+    pub isolation: i32,
 }
 
 impl RunRow {
     /// The columns, for a claim's `SELECT` or `RETURNING`.
     pub(crate) const COLUMNS: &'static str = "id, uuid, func, record_ids, args, context, user_id, priority, \
-         attempts, max_retries, interruptions, identity_key, run_alone";
+         attempts, max_retries, interruptions, identity_key, isolation";
 
     /// Decode what running the job needs: uuid, record ids, arguments, context.
     pub fn decode(&self) -> Result<(JobId, Vec<i64>, serde_json::Value, Context)> {
@@ -185,7 +185,13 @@ impl RunRow {
             before: self.attempts - i32::from(leased),
             max_retries: self.max_retries,
             interruptions: self.interruptions,
+            isolation: self.isolation(),
         }
+    }
+
+    /// How far the job is kept apart from other jobs.
+    pub fn isolation(&self) -> Isolation {
+        Isolation::from_level(self.isolation)
     }
 }
 

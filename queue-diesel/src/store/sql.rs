@@ -142,7 +142,8 @@ impl Sql {
         sql.bind(Bind::Text(JobState::Pending.as_str().into()));
         sql.push(&format!(" END, date_done = CASE WHEN {spent} THEN "));
         sql.bind(Bind::Time(p.now.naive_utc()));
-        sql.push(" ELSE NULL END, eta = NULL, lease_token = NULL, run_alone = TRUE, exc_name = ");
+        // Its worker died while running it: from now on it runs with no other job beside it.
+        sql.push(" ELSE NULL END, eta = NULL, lease_token = NULL, isolation = 2, exc_name = ");
         sql.bind(Bind::Text("WorkerLost".into()));
         sql.push(", exc_message = ");
         sql.bind(Bind::Text("its worker stopped while running it: ".into()));

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use queue_core::channel::ChannelLoad;
-use queue_core::{Ending, JobId};
+use queue_core::{Ending, Isolation, JobId};
 
 use super::executors::{Assignment, Done, Event, Executors};
 use super::slots::Slots;
@@ -98,6 +98,10 @@ pub(super) struct Dispatch {
     seen: Option<Arc<Mutex<HashSet<i64>>>>,
     /// Work was handed out in this pass.
     handed_out: bool,
+    /// A job whose worker died under it runs with nothing else beside it: its flight, while it
+    /// runs; its channel, while the worker waits for its other work to end before taking it.
+    exclusive: Option<u64>,
+    waiting_for: Option<String>,
 }
 
 impl Dispatch {
@@ -119,6 +123,8 @@ impl Dispatch {
             conn: None,
             seen: (mode == Mode::UntilIdle).then(Default::default),
             handed_out: false,
+            exclusive: None,
+            waiting_for: None,
         }
     }
 
@@ -139,6 +145,9 @@ impl Dispatch {
             // Given up on already; the watcher settled it.
             return;
         };
+        if self.exclusive == Some(flight) {
+            self.exclusive = None;
+        }
         self.load.finish(&unit.node);
         self.slots.release_job(unit.slots, unit.slots_session);
         let report = match done {
@@ -318,7 +327,9 @@ impl Worker {
         Ok(())
     }
 
-    /// Hand out the work of one channel: jobs that run alone at its head, then batches.
+    /// Hand out the work of one channel: jobs that run alone at its head, then batches. Nothing
+    /// while a job runs that must have its worker to itself, or while the worker waits for its
+    /// other work to end to run one (then only that job's channel is looked at).
     fn hand_out(
         &self,
         filter: &ChannelFilter,
@@ -326,6 +337,9 @@ impl Worker {
         jobs: &Sender<Assignment>,
     ) -> Result<()> {
         let node = &filter.node;
+        if state.exclusive.is_some() || state.waiting_for.as_ref().is_some_and(|waiting| waiting != node) {
+            return Ok(());
+        }
         let sequential = self.config.channels.is_sequential(node);
         let batches = !sequential && self.config.batch_jobs > 0;
         if !batches || state.head_alone.contains(node) {
@@ -374,18 +388,31 @@ impl Worker {
             ignore_eta: false,
         };
         let alone_funcs = Arc::clone(&state.alone);
-        let alone = |row: &RunRow| all_alone || row.run_alone || alone_funcs.contains(&row.func.as_str());
+        let idle = state.in_flight.is_empty();
+        let alone = |row: &RunRow| all_alone || row.isolation != 0 || alone_funcs.contains(&row.func.as_str());
         let at = Instant::now();
         let claimed = state.conn(self).and_then(|conn| {
             if sequential {
-                return conn.job_claim_sequential(&params).map(|rows| (rows, false, false));
+                return conn.job_claim_sequential(&params).map(|rows| (rows, false, false, false));
             }
             in_transaction_on::<_, Error>(conn, |conn| {
                 let head = conn.job_claim_head(&params)?;
-                let prefix: Vec<i64> = head.iter().take_while(|row| alone(row)).map(|row| row.id).collect();
+                let mut prefix: Vec<&RunRow> = head.iter().take_while(|row| alone(row)).collect();
                 let batchable_next = prefix.len() < head.len();
-                let empty = head.len() < want;
-                Ok((conn.job_take(&params, &prefix)?, batchable_next, empty && !batchable_next))
+                let empty = head.len() < want && !batchable_next;
+                // A job whose worker died under it runs with nothing beside it: first, and only
+                // once this worker runs nothing else.
+                if let Some(at) = prefix.iter().position(|row| row.isolation() == Isolation::Process) {
+                    if at > 0 {
+                        prefix.truncate(at);
+                    } else if idle {
+                        prefix.truncate(1);
+                    } else {
+                        return Ok((Vec::new(), false, false, true));
+                    }
+                }
+                let ids: Vec<i64> = prefix.iter().map(|row| row.id).collect();
+                Ok((conn.job_take(&params, &ids)?, batchable_next, empty, false))
             })
         });
         if at.elapsed() >= SLOW_CLAIM
@@ -393,13 +420,15 @@ impl Worker {
         {
             refresh_statistics(conn);
         }
-        let (rows, batchable_next, empty) = match claimed {
+        let (rows, batchable_next, empty, wait) = match claimed {
             Ok(found) => found,
             Err(e) => {
                 state.slots.release(taken);
                 return Err(e);
             }
         };
+        state.waiting_for = wait.then(|| node.clone());
+        let exclusive = rows.first().is_some_and(|row| row.isolation() == Isolation::Process);
         let mut row_slots: Vec<Vec<(String, usize)>> = vec![Vec::new(); rows.len()];
         for (channel, slots) in &mut taken {
             for (i, slot) in slots.drain(..rows.len().min(slots.len())).enumerate() {
@@ -410,7 +439,7 @@ impl Worker {
         if batchable_next {
             state.head_alone.remove(node);
         }
-        if rows.len() < want && !batchable_next {
+        if rows.len() < want && !batchable_next && !wait {
             state.dry.insert((node.clone(), false));
             if empty && !all_alone {
                 state.head_alone.remove(node);
@@ -426,12 +455,15 @@ impl Worker {
                 state.dry.insert((node.clone(), false));
                 continue;
             }
-            self.hand_alone(filter, row, &lease, slots, state, jobs)?;
+            let flight = self.hand_alone(filter, row, &lease, slots, state, jobs)?;
+            if exclusive {
+                state.exclusive = Some(flight);
+            }
         }
         Ok(())
     }
 
-    /// Hand a job claimed under `lease` to an executor.
+    /// Hand a job claimed under `lease` to an executor; returns its flight.
     fn hand_alone(
         &self,
         filter: &ChannelFilter,
@@ -440,7 +472,7 @@ impl Worker {
         slots: Vec<(String, usize)>,
         state: &mut Dispatch,
         jobs: &Sender<Assignment>,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         state.load.start(&filter.node);
         state.handed_out = true;
         let control = Arc::new(JobControl::default());
@@ -469,7 +501,8 @@ impl Worker {
         );
         state.stats.claimed += 1;
         jobs.send(Assignment::Alone { flight, row, lease: Arc::clone(lease), control })
-            .map_err(|_| Error::NoExecutors)
+            .map_err(|_| Error::NoExecutors)?;
+        Ok(flight)
     }
 
     /// Hand batches of `filter`'s channel to executors: one while the channel is not known to
@@ -574,6 +607,9 @@ impl Worker {
             return Ok(());
         }
         let Some(unit) = state.in_flight.remove(&key) else { return Ok(()) };
+        if state.exclusive == Some(key) {
+            state.exclusive = None;
+        }
         state.load.finish(&unit.node);
         state.slots.release_job(unit.slots, unit.slots_session);
         let limit = self.config.hang_limit;
@@ -590,7 +626,7 @@ impl Worker {
             (Some((row, lease)), _) => {
                 let message =
                     format!("it held the database's only write lock past the hang limit of {limit:?}");
-                (row.id, row.func.clone(), Some(Arc::clone(lease)), Ending::Lost { name: "Hung", message })
+                (row.id, row.func.clone(), Some(Arc::clone(lease)), Ending::Hung { message })
             }
             (None, _) => {
                 let books = state.batches.entry(unit.node.clone()).or_default();
@@ -600,7 +636,7 @@ impl Worker {
                 let message =
                     format!("it ran past the hang limit of {limit:?} in a batch; its neighbours were freed");
                 let id = unit.control.current().map_or(0, |(id, _, _)| id);
-                (id, String::new(), None, Ending::Lost { name: "Hung", message })
+                (id, String::new(), None, Ending::Hung { message })
             }
         };
         tracing::warn!(job_id = id, ?why, "no longer waiting for a job");

@@ -1,2 +1,2 @@
 ALTER TABLE queue_job DROP COLUMN interruptions;
-ALTER TABLE queue_job DROP COLUMN run_alone;
+ALTER TABLE queue_job DROP COLUMN isolation;
