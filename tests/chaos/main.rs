@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use diesel::prelude::*;
+use queue_diesel::JobState;
 use queue_diesel::prelude::*;
 use queue_diesel::store::Store;
-use queue_diesel::JobState;
 use queue_tests::{Counter, chaos_counter, chaos_effect};
 
 #[derive(Debug, Parser)]
@@ -68,28 +68,36 @@ struct Args {
     /// Internal: the channels of a worker process.
     #[arg(long, hide = true, default_value = "root:4")]
     worker_channels: String,
+    /// Internal: the worker process runs the due jobs, then exits.
+    #[arg(long, hide = true)]
+    worker_until_idle: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(url) = &args.worker_of {
         // A worker process: the queue's own CLI, with quick rescue so the test moves on.
-        let cli = queue_diesel::cli::Cli::parse_from([
-            "chaos-worker",
-            "--database-url",
-            url,
-            "run",
-            "--channels",
-            &args.worker_channels,
-            "--hang-limit",
-            "1s",
-            "--rescue-interval-ms",
-            "500",
-            "--rescue-grace-ms",
-            "1000",
-            "--poll-interval-ms",
-            "50",
-        ]);
+        let until_idle = args.worker_until_idle.then_some("--until-idle");
+        let cli = queue_diesel::cli::Cli::parse_from(
+            [
+                "chaos-worker",
+                "--database-url",
+                url,
+                "run",
+                "--channels",
+                &args.worker_channels,
+                "--hang-limit",
+                "1s",
+                "--rescue-interval-ms",
+                "500",
+                "--rescue-grace-ms",
+                "1000",
+                "--poll-interval-ms",
+                "50",
+            ]
+            .into_iter()
+            .chain(until_idle),
+        );
         return match queue_diesel::cli::run(cli) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -205,9 +213,8 @@ fn orchestrate(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
             for (i, kind) in kinds.iter().enumerate() {
                 match kind {
                     Kind::Poison => poison_ids.push(Counter::queue().poison(&counter)?.uuid()),
-                    Kind::Hung => {
-                        hung_ids.push(Counter::queue().hang_first(&counter, args.pause_us, args.hang_ms)?.uuid())
-                    }
+                    Kind::Hung => hung_ids
+                        .push(Counter::queue().hang_first(&counter, args.pause_us, args.hang_ms)?.uuid()),
                     Kind::Plain if i % 2 == 0 => {
                         Counter::queue().bump(&counter, args.pause_us)?;
                     }
@@ -272,7 +279,8 @@ fn orchestrate(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let mut poison_failed = 0;
     for id in &poison_ids {
         let job = job(id)?;
-        if job.state == JobState::Failed && job.exc_name.as_deref() == Some("WorkerLost") && job.attempts >= 3 {
+        if job.state == JobState::Failed && job.exc_name.as_deref() == Some("WorkerLost") && job.attempts >= 3
+        {
             poison_failed += 1;
         }
     }

@@ -12,11 +12,45 @@ use queue_diesel::prelude::*;
 use queue_diesel::{JobId, JobState};
 use queue_tests::{Counter, TestDb, backend_tests, chaos_counter, chaos_effect};
 
-backend_tests!(a_job_that_kills_its_process_is_contained);
+backend_tests!(a_job_that_kills_its_process_is_contained, run_until_idle_stops_gracefully_on_sigterm);
+
+fn run_until_idle_stops_gracefully_on_sigterm(t: TestDb) {
+    use queue_tests::Partner;
+    let list = t.partners(&["ada"]);
+    let (first, second) =
+        t.db.transaction(Context::new(), |_| {
+            let first = Partner::queue().priority(1).slow_export_alone(&list, "sigterm".into(), 1500)?.uuid();
+            let second =
+                Partner::queue().priority(2).slow_export_alone(&list, "sigterm".into(), 1500)?.uuid();
+            Ok::<_, queue_diesel::Error>((first, second))
+        })
+        .expect("queued");
+    let worker = Command::new(env!("CARGO_BIN_EXE_chaos"))
+        .args(["--worker-of", &t.url, "--worker-channels", "root:1", "--worker-until-idle"])
+        .env("QUEUE_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start a worker process");
+    let started = || t.db.job(&first).is_ok_and(|j| j.state == JobState::Started);
+    assert!(queue_tests::wait_for(Duration::from_secs(20), started), "the first job runs");
+    let status = Command::new("kill").args(["-TERM", &worker.id().to_string()]).status().expect("kill runs");
+    assert!(status.success());
+    let output = worker.wait_with_output().expect("the worker exits");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "a clean exit: {stderr}");
+    assert_eq!(t.db.job(&first).expect("job").state, JobState::Done, "the running job was waited for");
+    assert_eq!(
+        t.db.job(&second).expect("job").state,
+        JobState::Pending,
+        "no job was started after the signal"
+    );
+}
 
 fn a_job_that_kills_its_process_is_contained(t: TestDb) {
     queue_tests::create_chaos_tables(&t.db).expect("tables");
-    let log = std::env::temp_dir().join(format!("queue-runs-{}.log", JobId::new())).to_string_lossy().into_owned();
+    let log =
+        std::env::temp_dir().join(format!("queue-runs-{}.log", JobId::new())).to_string_lossy().into_owned();
     let counter = Counter { id: 1, n: 0 };
     let (ordinary, poison) =
         t.db.transaction(Context::new(), |_| {
@@ -77,6 +111,9 @@ fn a_job_that_kills_its_process_is_contained(t: TestDb) {
     let _ = std::fs::remove_file(&log);
     for id in &ordinary {
         let ran = runs.get(&id.to_string()).copied().unwrap_or(0);
-        assert!((1..=2).contains(&ran), "job {id} ran {ran} times: once, or once more after sharing a batch with the poison");
+        assert!(
+            (1..=2).contains(&ran),
+            "job {id} ran {ran} times: once, or once more after sharing a batch with the poison"
+        );
     }
 }

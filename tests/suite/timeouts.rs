@@ -7,7 +7,33 @@ use queue_diesel::prelude::*;
 use queue_diesel::{Backend, Error, JobState, Shutdown, Worker, WorkerConfig};
 use queue_tests::{Partner, StopOnDrop, TestDb, backend_tests, wait_for};
 
-backend_tests!(an_overrunning_job_is_given_up_and_its_slot_freed, a_cooperative_job_stops_and_is_retried);
+backend_tests!(
+    an_overrunning_job_is_given_up_and_its_slot_freed,
+    a_cooperative_job_stops_and_is_retried,
+    timeouts_hold_in_runs_after_commit,
+    timeouts_hold_in_run_until_idle,
+);
+
+fn timeouts_hold_in_runs_after_commit(t: TestDb) {
+    let db = t.reopen(|b| b.worker(false));
+    let list = t.partners(&["ada"]);
+    // No worker: the job runs right after the commit, on this thread; its timeout still holds.
+    let id =
+        db.transaction(Context::new(), |_| Partner::queue().oversleeps(&list, 800)).expect("queued").uuid();
+    let job = db.job(&id).expect("job");
+    assert_eq!((job.state, job.exc_name.as_deref()), (JobState::Failed, Some("TimeoutError")));
+    assert_eq!(t.partner(list[0].id).expect("partner").note, "", "its write was rolled back");
+}
+
+fn timeouts_hold_in_run_until_idle(t: TestDb) {
+    let list = t.partners(&["ada"]);
+    let id =
+        t.db.transaction(Context::new(), |_| Partner::queue().oversleeps(&list, 800)).expect("queued").uuid();
+    Worker::new(t.db.clone(), WorkerConfig::default()).expect("worker").run_until_idle().expect("runs");
+    let job = t.db.job(&id).expect("job");
+    assert_eq!((job.state, job.exc_name.as_deref()), (JobState::Failed, Some("TimeoutError")));
+    assert_eq!(t.partner(list[0].id).expect("partner").note, "", "its write was rolled back");
+}
 
 fn an_overrunning_job_is_given_up_and_its_slot_freed(t: TestDb) {
     let list = t.partners(&["ada", "bob"]);

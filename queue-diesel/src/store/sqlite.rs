@@ -67,9 +67,9 @@ pub(crate) fn establish(path: &str) -> diesel::ConnectionResult<SqliteConnection
         ffi::sqlite3_auto_extension(Some(note_opened));
     });
     OPENED.with(|opened| opened.set(0));
-    let mut conn = SqliteConnection::establish(path)?;
+    let conn = SqliteConnection::establish(path)?;
     let handle = OPENED.with(|opened| opened.replace(0)) as i64;
-    queue_connection_handle_utils::register_nondeterministic_impl(&mut conn, move || handle)
+    queue_connection_handle_utils::register_nondeterministic_impl(&conn, move || handle)
         .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
     Ok(conn)
 }

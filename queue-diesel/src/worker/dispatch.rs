@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use queue_core::channel::ChannelLoad;
-use queue_core::{Ending, Isolation, JobId};
+use queue_core::{Isolation, JobId};
 
 use super::executors::{Assignment, Done, Event, Executors};
 use super::slots::Slots;
@@ -23,9 +23,8 @@ use crate::database::PooledConn;
 use crate::error::{Error, Result};
 use crate::function::registry;
 use crate::maintenance::{Pruner, Rescuer};
-use crate::run::alone::give_up;
 use crate::run::batch::{BatchReport, BatchTicket, LONG_RUN, SLOW_CLAIM, refresh_statistics};
-use crate::run::{GaveUp, JobControl, chain, timeout_verdict};
+use crate::run::{GaveUp, JobControl, chain};
 use crate::store::{ChannelFilter, ClaimParams, RunRow, Store};
 
 /// Longest pause after a failed claim (database down): doubles from 100 ms up to this.
@@ -43,65 +42,65 @@ pub(super) enum Mode {
 
 /// A unit of work handed to an executor.
 #[derive(Debug)]
-struct Flight {
+pub(super) struct Flight {
     /// Its configured channel.
-    node: String,
-    control: Arc<JobControl>,
+    pub(super) node: String,
+    pub(super) control: Arc<JobControl>,
     /// When the watcher gives up on a job run alone, and why.
-    deadline: Option<(Instant, GaveUp)>,
+    pub(super) deadline: Option<(Instant, GaveUp)>,
     /// A job run alone: its row and lease.
-    leased: Option<(Box<RunRow>, Arc<str>)>,
+    pub(super) leased: Option<(Box<RunRow>, Arc<str>)>,
     /// The dispatcher's wake-up count when it was handed out.
-    seq: u64,
+    pub(super) seq: u64,
     /// The shared channel slots it holds, and the slot session they were taken in.
-    slots: Vec<(String, usize)>,
-    slots_session: u64,
+    pub(super) slots: Vec<(String, usize)>,
+    pub(super) slots_session: u64,
 }
 
 /// What the dispatcher knows of a channel's batches.
 #[derive(Debug, Default)]
-struct BatchBooks {
-    running: usize,
+pub(super) struct BatchBooks {
+    pub(super) running: usize,
     /// The last batch found as many jobs as it could take: more are likely waiting.
-    full: bool,
+    pub(super) full: bool,
     /// Recent mean run time of a job, which sizes the next batch.
-    per_job: Option<Duration>,
+    pub(super) per_job: Option<Duration>,
     /// The wake-up count when the latest batch began.
-    started_seq: u64,
+    pub(super) started_seq: u64,
 }
 
 /// The dispatcher's books.
 #[derive(Debug)]
 pub(super) struct Dispatch {
-    load: ChannelLoad,
-    in_flight: HashMap<u64, Flight>,
-    flights: u64,
-    slots: Slots,
+    pub(super) load: ChannelLoad,
+    pub(super) in_flight: HashMap<u64, Flight>,
+    pub(super) flights: u64,
+    pub(super) slots: Slots,
     pub(super) executors: Option<Executors>,
     /// Jobs run alone whose outcome could not be stored: settled as interrupted once the
     /// database answers.
-    unsettled: Vec<(Box<RunRow>, Arc<str>)>,
+    pub(super) unsettled: Vec<(Box<RunRow>, Arc<str>)>,
     pub(super) stats: WorkerStats,
     /// Channels known to have no due job, per path (true: batches), until a wake-up or a poll.
-    dry: HashSet<(String, bool)>,
+    pub(super) dry: HashSet<(String, bool)>,
     /// Channels whose head is a job that runs alone.
-    head_alone: HashSet<String>,
+    pub(super) head_alone: HashSet<String>,
     /// The functions this worker runs, and those of them whose jobs run alone.
-    funcs: Arc<Vec<&'static str>>,
-    alone: Arc<Vec<&'static str>>,
-    batches: HashMap<String, BatchBooks>,
+    pub(super) funcs: Arc<Vec<&'static str>>,
+    pub(super) alone: Arc<Vec<&'static str>>,
+    pub(super) batches: HashMap<String, BatchBooks>,
     /// Counts wake-ups: a batch that began before the latest one may have missed its jobs.
-    wake_seq: u64,
+    pub(super) wake_seq: u64,
     /// The dispatcher's own connection, for claims.
-    conn: Option<PooledConn>,
+    pub(super) conn: Option<PooledConn>,
     /// Jobs run so far, when the worker stops once idle.
-    seen: Option<Arc<Mutex<HashSet<i64>>>>,
+    pub(super) seen: Option<Arc<Mutex<HashSet<i64>>>>,
     /// Work was handed out in this pass.
-    handed_out: bool,
+    pub(super) handed_out: bool,
     /// A job whose worker died under it runs with nothing else beside it: its flight, while it
     /// runs; its channel, while the worker waits for its other work to end before taking it.
-    exclusive: Option<u64>,
-    waiting_for: Option<String>,
+    pub(super) exclusive: Option<u64>,
+    pub(super) waiting_for: Option<String>,
 }
 
 impl Dispatch {
@@ -129,7 +128,7 @@ impl Dispatch {
     }
 
     /// Jobs may have been queued: every channel is worth a look again.
-    fn wake(&mut self) {
+    pub(super) fn wake(&mut self) {
         self.dry.clear();
         self.wake_seq += 1;
     }
@@ -140,7 +139,7 @@ impl Dispatch {
     }
 
     /// An executor is done with `flight`.
-    fn finished(&mut self, flight: u64, done: Done) {
+    pub(super) fn finished(&mut self, flight: u64, done: Done) {
         let Some(unit) = self.in_flight.remove(&flight) else {
             // Given up on already; the watcher settled it.
             return;
@@ -228,7 +227,7 @@ impl Dispatch {
         if self.conn.is_none() {
             self.conn = Some(worker.db.conn()?);
         }
-        Ok(self.conn.as_deref_mut().ok_or(Error::ConnectionBusy)?)
+        self.conn.as_deref_mut().ok_or(Error::ConnectionBusy)
     }
 }
 
@@ -389,7 +388,8 @@ impl Worker {
         };
         let alone_funcs = Arc::clone(&state.alone);
         let idle = state.in_flight.is_empty();
-        let alone = |row: &RunRow| all_alone || row.isolation != 0 || alone_funcs.contains(&row.func.as_str());
+        let alone =
+            |row: &RunRow| all_alone || row.isolation != 0 || alone_funcs.contains(&row.func.as_str());
         let at = Instant::now();
         let claimed = state.conn(self).and_then(|conn| {
             if sequential {
@@ -565,183 +565,5 @@ impl Worker {
             jobs.send(Assignment::Batch { flight, ticket, control }).map_err(|_| Error::NoExecutors)?;
         }
         Ok(())
-    }
-
-    /// How long the dispatcher may wait before it must look at its running work again.
-    fn watch_interval(&self, state: &Dispatch) -> Duration {
-        let now = Instant::now();
-        let deadline = state.in_flight.values().filter_map(|f| f.deadline.map(|(at, _)| at)).min();
-        let mut wait = deadline.map_or(Duration::MAX, |at| at.saturating_duration_since(now));
-        if state.in_flight.values().any(|f| f.leased.is_none()) {
-            wait = wait.min((self.config.hang_limit / 4).max(Duration::from_millis(10)));
-        }
-        wait
-    }
-
-    /// Give up on runs past their timeout, jobs run alone that hold a single writer's lock past
-    /// the hang limit, and batches whose current job passed the hang limit.
-    fn watch(&self, state: &mut Dispatch) -> Result<()> {
-        let now = Instant::now();
-        let due: Vec<(u64, GaveUp)> = state
-            .in_flight
-            .iter()
-            .filter_map(|(key, f)| match (f.deadline, f.control.current()) {
-                (Some((at, why)), _) if at <= now => Some((*key, why)),
-                (None, Some((_, _, ran))) if f.leased.is_none() && ran >= self.config.hang_limit => {
-                    Some((*key, GaveUp::Hung))
-                }
-                _ => None,
-            })
-            .collect();
-        for (key, why) in due {
-            self.give_up_on(state, key, why)?;
-        }
-        Ok(())
-    }
-
-    /// Give up on a unit of work: end its session, settle its job, free its slot, and start an
-    /// executor thread in place of the one still stuck in the body.
-    fn give_up_on(&self, state: &mut Dispatch, key: u64, why: GaveUp) -> Result<()> {
-        // The executor may have finished it in the meantime: its `Finished` settles it.
-        if !state.in_flight.get(&key).is_some_and(|f| f.control.give_up(why)) {
-            return Ok(());
-        }
-        let Some(unit) = state.in_flight.remove(&key) else { return Ok(()) };
-        if state.exclusive == Some(key) {
-            state.exclusive = None;
-        }
-        state.load.finish(&unit.node);
-        state.slots.release_job(unit.slots, unit.slots_session);
-        let limit = self.config.hang_limit;
-        let (id, func, lease, ending) = match (&unit.leased, why) {
-            (Some((row, lease)), GaveUp::TimedOut) => {
-                state.stats.timed_out += 1;
-                let function = registry()?.get(&row.func);
-                let verdict = function.map_or_else(
-                    || queue_core::JobError::failed("TimeoutError", "timed out"),
-                    timeout_verdict,
-                );
-                (row.id, row.func.clone(), Some(Arc::clone(lease)), Ending::Returned(Err(verdict)))
-            }
-            (Some((row, lease)), _) => {
-                let message =
-                    format!("it held the database's only write lock past the hang limit of {limit:?}");
-                (row.id, row.func.clone(), Some(Arc::clone(lease)), Ending::Hung { message })
-            }
-            (None, _) => {
-                let books = state.batches.entry(unit.node.clone()).or_default();
-                books.running = books.running.saturating_sub(1);
-                // Its other jobs are `pending` again once its session ends.
-                state.wake();
-                let message =
-                    format!("it ran past the hang limit of {limit:?} in a batch; its neighbours were freed");
-                let id = unit.control.current().map_or(0, |(id, _, _)| id);
-                (id, String::new(), None, Ending::Hung { message })
-            }
-        };
-        tracing::warn!(job_id = id, ?why, "no longer waiting for a job");
-        if let Err(e) =
-            give_up(&self.db, &unit.control, id, &func, lease.as_deref(), ending, &self.config.worker_id)
-        {
-            tracing::warn!(job_id = id, error = %chain(&e), "cannot settle a job given up on now; it will be rescued");
-        }
-        if let Some(executors) = state.executors.as_mut() {
-            executors.spawn()?;
-        }
-        Ok(())
-    }
-
-    /// Settle jobs run alone whose outcome could not be stored (the database failed under
-    /// them): each counts as an interruption.
-    fn settle(&self, state: &mut Dispatch) {
-        let mut unsettled = std::mem::take(&mut state.unsettled);
-        unsettled.retain(|(row, lease)| {
-            let ending = Ending::Interrupted { reason: "the database failed under it".into() };
-            let settled = self.db.conn().and_then(|mut conn| {
-                crate::run::alone::settle_outside(
-                    &self.db,
-                    &mut conn,
-                    row,
-                    Some(lease),
-                    ending,
-                    &self.config.worker_id,
-                )
-            });
-            match settled {
-                Ok(_) => {
-                    state.stats.released += 1;
-                    false
-                }
-                Err(e) => {
-                    tracing::warn!(job_id = row.id, error = %chain(&e), "cannot give a job back yet");
-                    true
-                }
-            }
-        });
-        state.unsettled = unsettled;
-    }
-
-    /// One rescue pass: jobs whose worker is gone, and jobs a dead worker was running in batches.
-    fn rescue(&self, rescuer: &Rescuer, state: &mut Dispatch) {
-        match rescuer.run_once() {
-            Ok(rescued) => {
-                state.stats.rescued += rescued.requeued + rescued.failed;
-                if rescued.requeued > 0 {
-                    state.wake();
-                }
-            }
-            Err(e) => tracing::warn!(error = %chain(&e), "rescue pass failed"),
-        }
-    }
-
-    /// Stop: let running batches commit what they have done, wait for running work up to the
-    /// grace period, then end the sessions of what still runs and give its jobs back.
-    pub(super) fn drain(&self, events: &Receiver<Event>, state: &mut Dispatch) {
-        for unit in state.in_flight.values() {
-            unit.control.wind_down();
-        }
-        let deadline = Instant::now() + self.config.grace_period;
-        while !state.in_flight.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match events.recv_timeout(left) {
-                Ok(Event::Finished { flight, done }) => state.finished(flight, done),
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        for (_, unit) in state.in_flight.drain() {
-            if !unit.control.give_up(GaveUp::Abandoned) {
-                continue;
-            }
-            let given_back = self.db.conn().and_then(|mut conn| {
-                let id = unit.leased.as_ref().map(|(row, _)| row.id);
-                if let Some(id) = id {
-                    conn.job_settle_lock(id)?;
-                }
-                let ended = unit.control.end_session(&mut conn);
-                let released = match (&unit.leased, &ended) {
-                    (Some((row, lease)), Ok(_)) => conn.job_release(&[row.id], lease).map(|n| n as u64),
-                    _ => Ok(0),
-                };
-                if let Some(id) = id {
-                    conn.job_settle_unlock(id)?;
-                }
-                ended?;
-                released
-            });
-            match given_back {
-                Ok(n) => state.stats.released += n,
-                Err(e) => {
-                    tracing::warn!(error = %chain(&e), "could not give running work back; it will be rescued")
-                }
-            }
-        }
-        self.settle(state);
-        for (row, _) in &state.unsettled {
-            tracing::error!(
-                job_id = row.id,
-                "could not give a job back; it stays started until it is rescued"
-            );
-        }
     }
 }

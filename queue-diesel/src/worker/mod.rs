@@ -8,10 +8,12 @@
 //! at a time, or a **job run alone** (see [`crate::run::alone`]): jobs of isolated functions, of
 //! functions with a timeout or seen running long, of sequential channels, and jobs marked to run
 //! alone. Both take the jobs at the head of a channel, so one claim order holds for every path.
+//! The dispatcher also watches what runs ([`watch`]): timeouts, the hang limit, the graceful stop.
 
 mod dispatch;
 mod executors;
 mod slots;
+mod watch;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
