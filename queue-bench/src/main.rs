@@ -1,7 +1,9 @@
 //! The queue's benchmark. Run with: `cargo run --release -p queue-bench -- [--database-url URL] [--json]`
 //! (SQLite in a temporary file by default; a PostgreSQL URL gets a database of its own, dropped
 //! afterwards). Prints a table, or with `--json` one JSON object:
-//! `enqueue_single`, `enqueue_bulk`, `process`, `process_write`, `latency_p50_ms`,
+//! `enqueue_single`, `enqueue_bulk`, `process`, `process_write`, `process_isolated` (no-op jobs
+//! of an isolated function: each claimed under a lease and run in its own transaction; a quarter
+//! of `--jobs`), `latency_p50_ms`,
 //! `latency_p99_ms`, `latency_max_ms` (queued in this process), `latency_remote_p50_ms`,
 //! `latency_remote_p99_ms`, `latency_remote_max_ms` (queued through another database handle, as
 //! from another process), `raw_claim_complete`, `raw_insert_jobs` (the rows `enqueue_bulk`
@@ -59,6 +61,12 @@ impl Item {
         Ok(())
     }
 
+    /// Does nothing, each job alone in its own transaction (claimed under a lease).
+    #[job(isolated)]
+    pub fn noop_alone(_records: Vec<Item>) -> JobResult {
+        Ok(())
+    }
+
     /// Inserts one row.
     pub fn write_one(_records: Vec<Item>, env: &Env, v: i64) -> JobResult {
         diesel::insert_into(bench_write::table).values(bench_write::v.eq(v)).execute(&mut *env.conn())?;
@@ -94,7 +102,7 @@ struct Args {
     #[arg(long, default_value_t = 1_000_000)]
     history: usize,
     /// Run only these measurements (comma-separated): enqueue_single, enqueue_bulk, process,
-    /// process_write, latency, raw, history. All when absent.
+    /// process_write, process_isolated, latency, raw, history. All when absent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Channels of the benchmark's worker.
@@ -154,7 +162,16 @@ fn main() -> Res<()> {
          CREATE INDEX bench_raw_pending ON bench_raw (id) WHERE state = 'pending';"
     ))?;
     let mut results: Vec<(&str, f64)> = Vec::new();
-    let known = ["enqueue_single", "enqueue_bulk", "process", "process_write", "latency", "raw", "history"];
+    let known = [
+        "enqueue_single",
+        "enqueue_bulk",
+        "process",
+        "process_write",
+        "process_isolated",
+        "latency",
+        "raw",
+        "history",
+    ];
     if let Some(bad) = args.only.iter().find(|o| !known.contains(&o.as_str())) {
         return Err(
             format!("unknown measurement {bad:?} in --only; expected some of {}", known.join(", ")).into()
@@ -195,6 +212,21 @@ fn main() -> Res<()> {
             })
         })?;
         results.push(("process_write", process(&db, &channels, args.jobs)?));
+        clear(&db)?;
+    }
+
+    // process_isolated: jobs that each run alone, in their own transaction.
+    if want("process_isolated") {
+        let n = (args.jobs / 4).max(100);
+        db.transaction(Context::new(), |_| {
+            queue_diesel::bulk(|| {
+                for _ in 0..n {
+                    Item::queue().noop_alone(NoRecords)?;
+                }
+                Ok(())
+            })
+        })?;
+        results.push(("process_isolated", process(&db, &channels, n)?));
         clear(&db)?;
     }
 

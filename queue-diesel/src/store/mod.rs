@@ -277,6 +277,11 @@ pub trait Store {
     /// Settings of a connection that runs jobs: PostgreSQL's `idle_in_transaction_session_timeout`
     /// must not end a transaction in which a job is working outside the database.
     fn session_prepare_for_jobs(&mut self) -> Result<()>;
+    /// Settings of a connection that only claims jobs under a lease: on PostgreSQL its commits
+    /// need not wait for the disk (the run that follows commits after it, and a commit that
+    /// reaches the disk takes every earlier one with it; a claim lost in a server crash is a job
+    /// that never started).
+    fn session_prepare_for_claims(&mut self) -> Result<()>;
     /// Create or update the queue's tables.
     fn schema_migrate(&mut self) -> Result<()>;
 }
@@ -464,7 +469,14 @@ impl Store for AnyConnection {
     fn session_prepare_for_jobs(&mut self) -> Result<()> {
         match self {
             AnyConnection::Sqlite(_) => Ok(()),
-            AnyConnection::Postgres(c) => postgres::prepare_for_jobs(c),
+            AnyConnection::Postgres(c) => postgres::prepare(c, "SET idle_in_transaction_session_timeout = 0"),
+        }
+    }
+
+    fn session_prepare_for_claims(&mut self) -> Result<()> {
+        match self {
+            AnyConnection::Sqlite(_) => Ok(()),
+            AnyConnection::Postgres(c) => postgres::prepare(c, "SET synchronous_commit = off"),
         }
     }
 

@@ -165,9 +165,9 @@ pub(super) fn session_end(c: &mut PgConnection, pid: i32) -> Result<()> {
         .map_err(Error::query("end a running job's session"))
 }
 
-pub(super) fn prepare_for_jobs(c: &mut PgConnection) -> Result<()> {
-    c.batch_execute("SET idle_in_transaction_session_timeout = 0")
-        .map_err(Error::query("prepare a session for jobs"))
+/// A session setting (`SET …`) for a connection of the queue's own.
+pub(super) fn prepare(c: &mut PgConnection, setting: &str) -> Result<()> {
+    c.batch_execute(setting).map_err(Error::query("prepare a session"))
 }
 
 /// Take (or give back) the advisory lock rescuers respect while this session settles job `id`.

@@ -19,7 +19,6 @@ use super::executors::{Assignment, Done, Event, Executors};
 use super::slots::Slots;
 use super::{Shutdown, Worker, WorkerStats};
 use crate::connection::{AnyConnection, in_transaction_on};
-use crate::database::PooledConn;
 use crate::error::{Error, Result};
 use crate::function::registry;
 use crate::maintenance::{Pruner, Rescuer};
@@ -65,6 +64,9 @@ pub(super) struct BatchBooks {
     pub(super) full: bool,
     /// Recent mean run time of a job, which sizes the next batch.
     pub(super) per_job: Option<Duration>,
+    /// Most jobs a batch ran before it took all the savepoints it may (jobs that write need
+    /// one each): batches claim no more, so as not to lock rows they will not run.
+    pub(super) savepoint_cap: Option<usize>,
     /// The wake-up count when the latest batch began.
     pub(super) started_seq: u64,
 }
@@ -91,8 +93,8 @@ pub(super) struct Dispatch {
     pub(super) batches: HashMap<String, BatchBooks>,
     /// Counts wake-ups: a batch that began before the latest one may have missed its jobs.
     pub(super) wake_seq: u64,
-    /// The dispatcher's own connection, for claims.
-    pub(super) conn: Option<PooledConn>,
+    /// The dispatcher's own connection, for claims (out of the pool: it is set up for claims).
+    pub(super) conn: Option<AnyConnection>,
     /// Jobs run so far, when the worker stops once idle.
     pub(super) seen: Option<Arc<Mutex<HashSet<i64>>>>,
     /// Work was handed out in this pass.
@@ -148,7 +150,7 @@ impl Dispatch {
             self.exclusive = None;
         }
         self.load.finish(&unit.node);
-        self.slots.release_job(unit.slots, unit.slots_session);
+        self.slots.release_job(&unit.node, unit.slots, unit.slots_session);
         let report = match done {
             Done::Alone(outcome) => {
                 self.stats.finished += u64::from(outcome.state.is_some());
@@ -194,6 +196,11 @@ impl Dispatch {
         if let Some(per_job) = report.per_job {
             books.per_job = Some(books.per_job.map_or(per_job, |old| (old + per_job) / 2));
         }
+        if report.savepoints_spent {
+            books.savepoint_cap = Some(report.ran.max(1));
+        } else if report.ran > books.savepoint_cap.unwrap_or(usize::MAX) {
+            books.savepoint_cap = None;
+        }
         if report.more {
             // Whatever a concurrent batch concluded, jobs are left.
             self.dry.remove(&(node.clone(), true));
@@ -225,9 +232,11 @@ impl Dispatch {
     /// The dispatcher's connection, opened when needed.
     fn conn(&mut self, worker: &Worker) -> Result<&mut AnyConnection> {
         if self.conn.is_none() {
-            self.conn = Some(worker.db.conn()?);
+            let mut conn = crate::store::connect(&worker.db.raw_url(), worker.db.backend())?;
+            conn.session_prepare_for_claims()?;
+            self.conn = Some(conn);
         }
-        self.conn.as_deref_mut().ok_or(Error::ConnectionBusy)
+        self.conn.as_mut().ok_or(Error::ConnectionBusy)
     }
 }
 
@@ -293,6 +302,8 @@ impl Worker {
                     break;
                 }
             }
+            // Slots of finished work that no channel reused go back to the other workers.
+            state.slots.flush();
             if mode == Mode::UntilIdle && !failed && !state.handed_out && state.in_flight.is_empty() {
                 return Ok(());
             }
@@ -451,7 +462,7 @@ impl Worker {
             {
                 // Run once already by this worker, which stops when idle: give it back.
                 state.conn(self)?.job_release(&[row.id], &lease)?;
-                state.slots.release_job(slots, state.slots.session);
+                state.slots.release_job(node, slots, state.slots.session);
                 state.dry.insert((node.clone(), false));
                 continue;
             }
@@ -538,7 +549,10 @@ impl Worker {
             books.full = false;
             books.started_seq = state.wake_seq;
             let per_job = books.per_job.unwrap_or(FIRST_GUESS_PER_JOB).max(Duration::from_micros(1));
-            let limit = (self.config.batch_time.as_secs_f64() / per_job.as_secs_f64()) as usize;
+            let by_time = (self.config.batch_time.as_secs_f64() / per_job.as_secs_f64()) as usize;
+            // A batch that ran out of savepoints before its time: jobs that write; claim no
+            // more than it ran, plus one to notice when they stop writing.
+            let limit = books.savepoint_cap.map_or(by_time, |cap| by_time.min(cap + 1));
             let ticket = BatchTicket {
                 worker_id: Arc::from(self.config.worker_id.as_str()),
                 channel: filter.clone(),

@@ -22,12 +22,15 @@ pub(super) struct Slots {
     /// Counts reconnections: slots of an earlier session were freed with it and must not be
     /// unlocked again (the number may belong to another job now).
     pub(super) session: u64,
+    /// Slots of finished work, kept for the next unit of the same channel until the end of the
+    /// dispatcher's pass: a busy channel reuses them without a round trip each way.
+    spare: Vec<(String, Vec<(String, usize)>)>,
 }
 
 impl Slots {
     pub(super) fn for_database(db: &Database) -> Slots {
         let url = (!db.backend().single_writer()).then(|| db.raw_url());
-        Slots { conn: None, url, backend: db.backend(), held: HashMap::new(), session: 0 }
+        Slots { conn: None, url, backend: db.backend(), held: HashMap::new(), session: 0, spare: Vec::new() }
     }
 
     /// Up to `want` slots of `node` and of each configured ancestor, as many of each: the list
@@ -43,8 +46,42 @@ impl Slots {
         let Some(url) = self.url.clone() else {
             return nodes.into_iter().map(|(name, _)| (name, (0..want).collect())).collect();
         };
+        // Spare slots of this channel first.
+        let mut reused: Vec<(String, Vec<usize>)> =
+            nodes.iter().map(|(name, _)| (name.clone(), Vec::new())).collect();
+        let mut units = 0;
+        while units < want {
+            let Some(at) = self.spare.iter().position(|(spare_node, _)| spare_node == node) else { break };
+            let (_, slots) = self.spare.swap_remove(at);
+            for (name, slot) in slots {
+                if let Some((_, list)) = reused.iter_mut().find(|(n, _)| *n == name) {
+                    list.push(slot);
+                }
+            }
+            units += 1;
+        }
+        if units == want {
+            return reused;
+        }
+        let mut taken = self.acquire_new(nodes, &url, want - units);
+        for (name, slots) in reused {
+            match taken.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, list)) => list.extend(slots),
+                None => taken.push((name, slots)),
+            }
+        }
+        taken
+    }
+
+    /// Up to `want` slots of each channel of `nodes` from the database.
+    fn acquire_new(
+        &mut self,
+        nodes: Vec<(String, usize)>,
+        url: &str,
+        want: usize,
+    ) -> Vec<(String, Vec<usize>)> {
         if self.conn.is_none() {
-            match crate::store::connect(&url, self.backend) {
+            match crate::store::connect(url, self.backend) {
                 Ok(c) => {
                     self.conn = Some(c);
                     self.session += 1;
@@ -108,9 +145,17 @@ impl Slots {
         }
     }
 
-    /// Give back the slots of a finished job, if they are still this session's.
-    pub(super) fn release_job(&mut self, slots: Vec<(String, usize)>, session: u64) {
-        if session == self.session {
+    /// Keep the slots of finished work of channel `node` for the next unit, if they are still
+    /// this session's; [`Slots::flush`] gives back those not reused.
+    pub(super) fn release_job(&mut self, node: &str, slots: Vec<(String, usize)>, session: u64) {
+        if session == self.session && !slots.is_empty() {
+            self.spare.push((node.to_owned(), slots));
+        }
+    }
+
+    /// Give back the spare slots.
+    pub(super) fn flush(&mut self) {
+        for (_, slots) in std::mem::take(&mut self.spare) {
             self.release(slots.into_iter().map(|(name, slot)| (name, vec![slot])).collect());
         }
     }

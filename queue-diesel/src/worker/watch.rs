@@ -62,7 +62,7 @@ impl Worker {
             state.exclusive = None;
         }
         state.load.finish(&unit.node);
-        state.slots.release_job(unit.slots, unit.slots_session);
+        state.slots.release_job(&unit.node, unit.slots, unit.slots_session);
         let limit = self.config.hang_limit;
         let (id, func, lease, ending) = match (&unit.leased, why) {
             (Some((row, lease)), GaveUp::TimedOut) => {
@@ -165,13 +165,18 @@ impl Worker {
                 continue;
             }
             let given_back = self.db.conn().and_then(|mut conn| {
-                let id = unit.leased.as_ref().map(|(row, _)| row.id);
+                // A job run alone: the one running now (it may follow the first in a chain).
+                let leased = unit
+                    .leased
+                    .as_ref()
+                    .map(|(row, lease)| (unit.control.current().map_or(row.id, |(id, _, _)| id), lease));
+                let id = leased.map(|(id, _)| id);
                 if let Some(id) = id {
                     conn.job_settle_lock(id)?;
                 }
                 let ended = unit.control.end_session(&mut conn);
-                let released = match (&unit.leased, &ended) {
-                    (Some((row, lease)), Ok(_)) => conn.job_release(&[row.id], lease).map(|n| n as u64),
+                let released = match (leased, &ended) {
+                    (Some((id, lease)), Ok(_)) => conn.job_release(&[id], lease).map(|n| n as u64),
                     _ => Ok(0),
                 };
                 if let Some(id) = id {
@@ -187,6 +192,7 @@ impl Worker {
                 }
             }
         }
+        state.slots.flush();
         self.settle(state);
         for (row, _) in &state.unsettled {
             tracing::error!(
