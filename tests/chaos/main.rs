@@ -174,6 +174,18 @@ impl Rng {
     }
 }
 
+/// The worker processes: killed when dropped, so that an error leaves none behind.
+struct Workers(Vec<Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for worker in &mut self.0 {
+            let _ = worker.kill();
+            let _ = worker.wait();
+        }
+    }
+}
+
 fn spawn_worker(url: &str) -> std::io::Result<Child> {
     Command::new(std::env::current_exe()?)
         .args(["--worker-of", url])
@@ -230,8 +242,8 @@ fn orchestrate(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let jobs = args.jobs as i64;
 
     let start = Instant::now();
-    let mut workers: Vec<Child> =
-        (0..args.workers).map(|_| spawn_worker(&scratch.url)).collect::<Result<_, _>>()?;
+    let mut workers =
+        Workers((0..args.workers).map(|_| spawn_worker(&scratch.url)).collect::<Result<_, _>>()?);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()));
     let (mut kills, mut aborts) = (0u64, 0u64);
     let mut next_kill =
@@ -245,18 +257,18 @@ fn orchestrate(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
             break;
         }
         // Workers a poison job killed start again, as a supervisor would start them.
-        for worker in &mut workers {
+        for worker in &mut workers.0 {
             if worker.try_wait()?.is_some() {
                 aborts += 1;
                 *worker = spawn_worker(&scratch.url)?;
             }
         }
         if Instant::now() >= next_kill {
-            let victim = rng.below(workers.len() as u64) as usize;
-            workers[victim].kill()?; // SIGKILL
-            workers[victim].wait()?;
+            let victim = rng.below(workers.0.len() as u64) as usize;
+            workers.0[victim].kill()?; // SIGKILL
+            workers.0[victim].wait()?;
             kills += 1;
-            workers[victim] = spawn_worker(&scratch.url)?;
+            workers.0[victim] = spawn_worker(&scratch.url)?;
             next_kill = Instant::now()
                 + Duration::from_millis(
                     args.kill_min_ms + rng.below(args.kill_max_ms - args.kill_min_ms + 1),
@@ -265,10 +277,7 @@ fn orchestrate(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let seconds = start.elapsed().as_secs_f64();
-    for worker in &mut workers {
-        let _ = worker.kill();
-        let _ = worker.wait();
-    }
+    drop(workers);
 
     let mut conn = db.conn()?;
     let done = count(JobState::Done)?;

@@ -157,6 +157,7 @@ pub(super) fn set_state(conn: &mut AnyConnection, p: &SetStateParams<'_>) -> Res
         let changes = (
             dsl::state.eq(state.as_str()),
             dsl::attempts.eq(0),
+            dsl::interruptions.eq(0),
             dsl::eta.eq(None::<NaiveDateTime>),
             dsl::date_done.eq(None::<NaiveDateTime>),
             dsl::result.eq(None::<String>),
