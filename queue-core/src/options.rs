@@ -156,9 +156,9 @@ pub struct FunctionDefaults {
     pub retry_pattern: Option<&'static str>,
     /// Longest a run may take (`"5m"`); checked when the registry is built.
     pub timeout: Option<&'static str>,
-    /// Run each job alone in its own transaction, never in a batch with other jobs: a job whose
-    /// effects outside the database must not repeat (a batch runs its jobs again when one of them
-    /// fails), or that runs long and should show as `started` while it does.
+    /// Run each job alone in its own transaction under a lease, never in a batch with other
+    /// jobs: a job that runs long and should show as `started` while it does, or whose body must
+    /// not share a transaction with another job's (one that takes table locks, say).
     pub isolated: bool,
 }
 
