@@ -131,6 +131,11 @@ pub fn registry() -> Result<&'static Registry<JobFunction>> {
         .map_err(|message| Error::Registry(message.clone()))
 }
 
+/// The retry pattern of the function registered as `name`, if it is known and has one.
+pub(crate) fn retry_pattern_of(name: &str) -> Option<RetryPattern> {
+    registry().ok().and_then(|r| r.get(name)).and_then(JobFunction::retry_pattern)
+}
+
 /// Re-load the records of a job, in the order they were given. Deleted records are skipped;
 /// when all of them were deleted the job has nothing to do.
 pub fn load_records<M: Model>(env: &Env, inv: &Invocation<'_>) -> JobResult<Vec<M>> {

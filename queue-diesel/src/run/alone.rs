@@ -157,7 +157,7 @@ pub(crate) fn settle_id(
     ending: Ending,
     worker_id: &str,
 ) -> Result<Option<JobState>, Error> {
-    let pattern = registry().ok().and_then(|r| r.get(func)).and_then(|f| f.retry_pattern());
+    let pattern = crate::function::retry_pattern_of(func);
     in_transaction_on::<_, Error>(conn, |conn| {
         let Some(standing) = conn.job_standing(id)? else { return Ok(None) };
         let (hold, tries) = match (standing.state, lease) {

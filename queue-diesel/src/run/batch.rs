@@ -24,7 +24,7 @@ use super::{Isolation, JobControl, aborted_transaction_verdict, chain, prepare};
 use crate::connection::{AnyConnection, in_transaction_on};
 use crate::database::Database;
 use crate::error::Error;
-use crate::function::registry;
+use crate::function::retry_pattern_of;
 use crate::liveness::Slot;
 use crate::store::{ChannelFilter, ClaimParams, DoneParams, Hold, RunRow, SettleParams, Store};
 
@@ -263,7 +263,7 @@ fn store(
     row: &RunRow,
     ending: Ending,
 ) -> Result<(), Abort> {
-    let pattern = registry().ok().and_then(|r| r.get(&row.func)).and_then(|f| f.retry_pattern());
+    let pattern = retry_pattern_of(&row.func);
     let settlement = settle(ending, row.tries(false), pattern.as_ref());
     loop {
         match settle_row(db, conn, worker_id, started, row.id, &settlement) {

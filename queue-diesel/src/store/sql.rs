@@ -19,7 +19,34 @@ pub(super) struct Sql {
 }
 
 impl Sql {
+    /// Claim the claimable jobs `p` asks for under its lease, counting their try.
     pub fn build(p: &ClaimParams<'_>, backend: Backend) -> Sql {
+        let mut sql = Sql::claim_update(p);
+        sql.push(" WHERE id IN (");
+        sql.push_claimable(p, backend, "id");
+        sql.push(&format!(") RETURNING {}", RunRow::COLUMNS));
+        sql
+    }
+
+    /// Claim these pending jobs under a lease (the head a claim chose), counting their try.
+    pub fn take(p: &ClaimParams<'_>, ids: &[i64]) -> Sql {
+        let mut sql = Sql::claim_update(p);
+        sql.push(" WHERE state = 'pending' AND id IN (");
+        for (i, id) in ids.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.bind(Bind::Int(*id));
+        }
+        if ids.is_empty() {
+            sql.push("NULL");
+        }
+        sql.push(&format!(") RETURNING {}", RunRow::COLUMNS));
+        sql
+    }
+
+    /// `UPDATE queue_job SET` what a claim under `p`'s lease writes: `started`, its try counted.
+    fn claim_update(p: &ClaimParams<'_>) -> Sql {
         let mut sql = Sql { text: String::with_capacity(512), binds: Vec::new() };
         let now = p.now.naive_utc();
         sql.push("UPDATE queue_job SET state = ");
@@ -32,37 +59,6 @@ impl Sql {
         sql.bind(Bind::Text(p.worker_id.into()));
         sql.push(", lease_token = ");
         sql.bind(Bind::Text(p.lease_token.into()));
-        sql.push(" WHERE id IN (");
-        sql.push_claimable(p, backend, "id");
-        sql.push(&format!(") RETURNING {}", RunRow::COLUMNS));
-        sql
-    }
-
-    /// Claim these pending jobs under a lease (the head a claim chose), counting their try.
-    pub fn take(p: &ClaimParams<'_>, ids: &[i64]) -> Sql {
-        let mut sql = Sql { text: String::with_capacity(256), binds: Vec::new() };
-        let now = p.now.naive_utc();
-        sql.push("UPDATE queue_job SET state = ");
-        sql.bind(Bind::Text(JobState::Started.as_str().into()));
-        sql.push(", attempts = attempts + 1, date_started = ");
-        sql.bind(Bind::Time(now));
-        sql.push(", date_enqueued = ");
-        sql.bind(Bind::Time(now));
-        sql.push(", worker_id = ");
-        sql.bind(Bind::Text(p.worker_id.into()));
-        sql.push(", lease_token = ");
-        sql.bind(Bind::Text(p.lease_token.into()));
-        sql.push(" WHERE state = 'pending' AND id IN (");
-        for (i, id) in ids.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.bind(Bind::Int(*id));
-        }
-        if ids.is_empty() {
-            sql.push("NULL");
-        }
-        sql.push(&format!(") RETURNING {}", RunRow::COLUMNS));
         sql
     }
 
