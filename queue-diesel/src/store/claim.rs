@@ -32,7 +32,7 @@ pub(super) fn take(conn: &mut AnyConnection, params: &ClaimParams<'_>, ids: &[i6
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let mut rows: Vec<RunRow> = conn.load_sql(&Sql::take(params, ids), "claim jobs")?;
+    let mut rows: Vec<RunRow> = conn.load_sql(&Sql::take(params, ids, conn.backend()), "claim jobs")?;
     // RETURNING gives no order: give them back in the order they were chosen.
     rows.sort_by_key(|row| ids.iter().position(|id| *id == row.id));
     Ok(rows)

@@ -7,9 +7,8 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text, Timestamp};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use super::sql::{Bind, Sql};
+use super::sql::{Prepared, Sql};
 use super::{NOTIFY_CHANNEL, SETTLE_LOCK, Session, channel_key};
-use crate::connection::Backend;
 use crate::error::{Error, Result};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
@@ -17,17 +16,9 @@ const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 /// Key of the advisory lock that serialises migrations of concurrent workers.
 const MIGRATION_LOCK: i64 = 0x7175_6575_655f_6d69; // "queue_mi"
 
-/// Run a statement built as text and load its rows.
+/// Run a statement built as text (prepared once per connection) and load its rows.
 pub(super) fn load<T: QueryableByName<Pg> + 'static>(c: &mut PgConnection, sql: &Sql) -> QueryResult<Vec<T>> {
-    let mut query = diesel::sql_query(sql.text_for(Backend::Postgres)).into_boxed::<Pg>();
-    for bind in &sql.binds {
-        query = match bind {
-            Bind::Text(v) => query.bind::<Text, _>(v.clone()),
-            Bind::Int(v) => query.bind::<BigInt, _>(*v),
-            Bind::Time(v) => query.bind::<Timestamp, _>(*v),
-        };
-    }
-    query.load(c)
+    Prepared(sql).load(c)
 }
 
 /// Insert jobs with one statement of column arrays (`unnest`): the server parses 17 parameters

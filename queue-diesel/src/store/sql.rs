@@ -28,10 +28,11 @@ impl Sql {
         sql
     }
 
-    /// Claim these pending jobs under a lease (the head a claim chose), counting their try.
-    pub fn take(p: &ClaimParams<'_>, ids: &[i64]) -> Sql {
+    /// Claim these pending jobs under a lease (the head a claim chose), counting their try;
+    /// on PostgreSQL only those no other transaction holds (none is waited for).
+    pub fn take(p: &ClaimParams<'_>, ids: &[i64], backend: Backend) -> Sql {
         let mut sql = Sql::claim_update(p);
-        sql.push(" WHERE state = 'pending' AND id IN (");
+        sql.push(" WHERE id IN (SELECT id FROM queue_job WHERE state = 'pending' AND id IN (");
         for (i, id) in ids.iter().enumerate() {
             if i > 0 {
                 sql.push(", ");
@@ -40,6 +41,10 @@ impl Sql {
         }
         if ids.is_empty() {
             sql.push("NULL");
+        }
+        sql.push(")");
+        if backend == Backend::Postgres {
+            sql.push(" FOR UPDATE SKIP LOCKED");
         }
         sql.push(&format!(") RETURNING {}", RunRow::COLUMNS));
         sql
@@ -224,25 +229,49 @@ impl Sql {
         self.push(&format!("substr(channel, 1, {}) = ", prefix.len()));
         self.bind(Bind::Text(prefix));
     }
+}
 
-    /// The statement with the backend's placeholders.
-    pub fn text_for(&self, backend: Backend) -> String {
-        let mut out = String::with_capacity(self.text.len() + 16);
-        let mut n = 0;
-        for ch in self.text.chars() {
-            if ch == '\u{1}' {
-                n += 1;
-                match backend {
-                    Backend::Sqlite => out.push('?'),
-                    Backend::Postgres => {
-                        out.push('$');
-                        out.push_str(&n.to_string());
-                    }
+/// A statement built as text, run as a prepared statement: Diesel keeps it per connection, keyed
+/// by its text, so a claim is parsed and planned once per connection and then sent in one round
+/// trip (a `sql_query` is prepared anew, one more round trip, each time).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Prepared<'a>(pub &'a Sql);
+
+impl diesel::query_builder::QueryId for Prepared<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl diesel::query_builder::Query for Prepared<'_> {
+    type SqlType = diesel::sql_types::Untyped;
+}
+
+impl<DB> diesel::query_builder::QueryFragment<DB> for Prepared<'_>
+where
+    DB: diesel::backend::Backend
+        + diesel::sql_types::HasSqlType<diesel::sql_types::Text>
+        + diesel::sql_types::HasSqlType<diesel::sql_types::BigInt>
+        + diesel::sql_types::HasSqlType<diesel::sql_types::Timestamp>,
+    String: diesel::serialize::ToSql<diesel::sql_types::Text, DB>,
+    i64: diesel::serialize::ToSql<diesel::sql_types::BigInt, DB>,
+    chrono::NaiveDateTime: diesel::serialize::ToSql<diesel::sql_types::Timestamp, DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: diesel::query_builder::AstPass<'_, 'b, DB>) -> diesel::QueryResult<()> {
+        use diesel::sql_types::{BigInt, Text, Timestamp};
+        let mut binds = self.0.binds.iter();
+        for (i, part) in self.0.text.split('\u{1}').enumerate() {
+            if i > 0 {
+                match binds.next() {
+                    Some(Bind::Text(v)) => out.push_bind_param::<Text, _>(v)?,
+                    Some(Bind::Int(v)) => out.push_bind_param::<BigInt, _>(v)?,
+                    Some(Bind::Time(v)) => out.push_bind_param::<Timestamp, _>(v)?,
+                    None => return Err(diesel::result::Error::QueryBuilderError("a statement has more placeholders than values".into())),
                 }
-            } else {
-                out.push(ch);
             }
+            out.push_sql(part);
         }
-        out
+        Ok(())
     }
 }
+
+impl<Conn> diesel::RunQueryDsl<Conn> for Prepared<'_> {}

@@ -4,32 +4,19 @@
 //! write lock is freed for every other writer at once) and make it refuse writes.
 
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text, Timestamp};
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use libsqlite3_sys as ffi;
 
 use super::Session;
-use super::sql::{Bind, Sql};
-use crate::connection::Backend;
+use super::sql::{Prepared, Sql};
 use crate::error::{Error, Result};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
-/// Run a statement built as text and load its rows.
-pub(super) fn load<T: QueryableByName<Sqlite> + 'static>(
-    c: &mut SqliteConnection,
-    sql: &Sql,
-) -> QueryResult<Vec<T>> {
-    let mut query = diesel::sql_query(sql.text_for(Backend::Sqlite)).into_boxed::<Sqlite>();
-    for bind in &sql.binds {
-        query = match bind {
-            Bind::Text(v) => query.bind::<Text, _>(v.clone()),
-            Bind::Int(v) => query.bind::<BigInt, _>(*v),
-            Bind::Time(v) => query.bind::<Timestamp, _>(*v),
-        };
-    }
-    query.load(c)
+/// Run a statement built as text (prepared once per connection) and load its rows.
+pub(super) fn load<T: QueryableByName<Sqlite> + 'static>(c: &mut SqliteConnection, sql: &Sql) -> QueryResult<Vec<T>> {
+    Prepared(sql).load(c)
 }
 
 pub(super) fn schema_migrate(c: &mut SqliteConnection) -> Result<()> {
