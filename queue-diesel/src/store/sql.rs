@@ -256,7 +256,10 @@ where
     i64: diesel::serialize::ToSql<diesel::sql_types::BigInt, DB>,
     chrono::NaiveDateTime: diesel::serialize::ToSql<diesel::sql_types::Timestamp, DB>,
 {
-    fn walk_ast<'b>(&'b self, mut out: diesel::query_builder::AstPass<'_, 'b, DB>) -> diesel::QueryResult<()> {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, DB>,
+    ) -> diesel::QueryResult<()> {
         use diesel::sql_types::{BigInt, Text, Timestamp};
         let mut binds = self.0.binds.iter();
         for (i, part) in self.0.text.split('\u{1}').enumerate() {
@@ -265,7 +268,11 @@ where
                     Some(Bind::Text(v)) => out.push_bind_param::<Text, _>(v)?,
                     Some(Bind::Int(v)) => out.push_bind_param::<BigInt, _>(v)?,
                     Some(Bind::Time(v)) => out.push_bind_param::<Timestamp, _>(v)?,
-                    None => return Err(diesel::result::Error::QueryBuilderError("a statement has more placeholders than values".into())),
+                    None => {
+                        return Err(diesel::result::Error::QueryBuilderError(
+                            "a statement has more placeholders than values".into(),
+                        ));
+                    }
                 }
             }
             out.push_sql(part);

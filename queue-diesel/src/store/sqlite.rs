@@ -15,7 +15,10 @@ use crate::error::{Error, Result};
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
 /// Run a statement built as text (prepared once per connection) and load its rows.
-pub(super) fn load<T: QueryableByName<Sqlite> + 'static>(c: &mut SqliteConnection, sql: &Sql) -> QueryResult<Vec<T>> {
+pub(super) fn load<T: QueryableByName<Sqlite> + 'static>(
+    c: &mut SqliteConnection,
+    sql: &Sql,
+) -> QueryResult<Vec<T>> {
     Prepared(sql).load(c)
 }
 
