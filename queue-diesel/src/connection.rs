@@ -132,11 +132,11 @@ pub(crate) fn depth(conn: &mut AnyConnection) -> diesel::QueryResult<u32> {
 /// Returns the depth it opened.
 pub(crate) fn begin(conn: &mut AnyConnection) -> diesel::QueryResult<u32> {
     let outer = depth(conn)?;
-    match conn {
-        AnyConnection::Sqlite(c) if outer == 0 => {
-            AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?
-        }
-        other => <AnyConnection as diesel::Connection>::TransactionManager::begin_transaction(other)?,
+    if outer == 0 && conn.backend().single_writer() {
+        // One writer: take the write lock now rather than fail to upgrade to it later.
+        with_backend!(conn, c => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE"))?
+    } else {
+        <AnyConnection as diesel::Connection>::TransactionManager::begin_transaction(conn)?
     }
     Ok(outer + 1)
 }
