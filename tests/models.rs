@@ -294,6 +294,12 @@ impl Partner {
         Ok(())
     }
 
+    /// Due again at once, every time, alone.
+    #[job(isolated, max_retries = 0)]
+    pub fn retries_at_once(_records: Vec<Partner>) -> JobResult {
+        Err(JobError::retry_after(Duration::ZERO, "again"))
+    }
+
     /// Records `tag` in the order jobs start (see [`started_order`]).
     pub fn ordered(_records: Vec<Partner>, key: String, tag: String) -> JobResult {
         record_start(&key, &tag);

@@ -72,14 +72,12 @@ fn open_held(folder: &Path, worker_id: &str, len: u64) -> Result<File> {
     let mut held = held().lock().unwrap_or_else(|p| p.into_inner());
     if !held.contains_key(&path) {
         std::fs::create_dir_all(folder).map_err(io("failed to create the liveness folder"))?;
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(io("failed to open a liveness file"))?;
-        file.lock().map_err(io("failed to lock a liveness file"))?;
+        let mut file = open_locked(&path).map_err(io("failed to lock a liveness file"))?;
+        // A reaper may have removed a dead process's file of the same name while we waited for
+        // its lock: lock a file that is still there.
+        while file.metadata().map_err(io("failed to read a liveness file"))?.nlink() == 0 {
+            file = open_locked(&path).map_err(io("failed to lock a liveness file"))?;
+        }
         // A file left by an earlier process of the same id names nothing of ours.
         file.set_len(0).map_err(io("failed to clear a liveness file"))?;
         held.insert(path.clone(), file);
@@ -89,6 +87,13 @@ fn open_held(folder: &Path, worker_id: &str, len: u64) -> Result<File> {
         file.set_len(len).map_err(io("failed to size a liveness file"))?;
     }
     file.try_clone().map_err(io("failed to open a liveness file"))
+}
+
+/// Open (creating it if needed) and lock the file at `path`.
+fn open_locked(path: &Path) -> std::io::Result<File> {
+    let file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path)?;
+    file.lock()?;
+    Ok(file)
 }
 
 /// True when the process that held `worker_id`'s lock in `folder` is gone (or never held one).
@@ -109,12 +114,15 @@ pub fn is_dead(folder: &Path, worker_id: &str) -> bool {
     }
 }
 
-/// The memory-mapped record of a live worker: one slot per executor.
+/// The memory-mapped record of a live worker: one slot per executor thread.
 #[derive(Debug)]
 pub struct Record {
     map: *mut libc::c_void,
     len: usize,
     slots: usize,
+    /// Which slots an executor thread holds (a thread stuck in a job it was given up on keeps
+    /// its slot until it ends; its replacement takes another).
+    in_use: Vec<std::sync::atomic::AtomicBool>,
 }
 
 // SAFETY: the mapping is shared memory written only through atomics.
@@ -145,7 +153,12 @@ impl Record {
                 source: std::io::Error::last_os_error(),
             });
         }
-        let record = Record { map, len, slots: slots.max(1) };
+        let record = Record {
+            map,
+            len,
+            slots: slots.max(1),
+            in_use: (0..slots.max(1)).map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
+        };
         for i in 0..record.slots {
             record.word(i, 0).store(0, Ordering::SeqCst);
         }
@@ -160,9 +173,13 @@ impl Record {
         unsafe { &*(self.map.cast::<u8>().add(offset).cast::<AtomicI64>()) }
     }
 
-    /// The slot of executor `index` (modulo the number of slots).
-    pub fn slot(self: &Arc<Self>, index: usize) -> Slot {
-        Slot { record: Arc::clone(self), index: index % self.slots }
+    /// A free slot for an executor thread, held until the returned [`Slot`] is dropped; `None`
+    /// when every slot is held (the thread's batch jobs then go unrecorded).
+    pub fn slot(self: &Arc<Self>) -> Option<Slot> {
+        let index = self.in_use.iter().position(|used| {
+            used.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+        })?;
+        Some(Slot { record: Arc::clone(self), index })
     }
 }
 
@@ -179,10 +196,17 @@ impl Drop for Record {
 }
 
 /// One executor's slot in its worker's [`Record`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Slot {
     record: Arc<Record>,
     index: usize,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.clear();
+        self.record.in_use[self.index].store(false, Ordering::SeqCst);
+    }
 }
 
 impl Slot {

@@ -20,7 +20,25 @@ backend_tests!(
     a_held_connection_guard_is_reported_not_a_deadlock,
     oversized_arguments_are_refused_at_the_call,
     bulk_queues_many_jobs_in_few_statements,
+    run_until_idle_stops_at_a_job_due_again,
 );
+
+fn run_until_idle_stops_at_a_job_due_again(t: TestDb) {
+    let list = t.partners(&["ada"]);
+    let id =
+        t.db.transaction(Context::new(), |_| Partner::queue().retries_at_once(&list)).expect("queued").uuid();
+    let worker = worker(&t);
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _ = done.send(worker.run_until_idle().expect("runs"));
+        });
+        let ran = finished.recv_timeout(std::time::Duration::from_secs(20)).expect("it returns");
+        assert!(ran >= 1, "it ran the job");
+    });
+    let job = t.db.job(&id).expect("job");
+    assert_eq!(job.state, JobState::Pending, "due again, for the next call");
+}
 
 fn worker(t: &TestDb) -> Worker {
     Worker::new(t.db.clone(), WorkerConfig::default()).expect("functions are linked")

@@ -16,13 +16,20 @@ backend_tests!(
 
 fn timeouts_hold_in_runs_after_commit(t: TestDb) {
     let db = t.reopen(|b| b.worker(false));
-    let list = t.partners(&["ada"]);
-    // No worker: the job runs right after the commit, on this thread; its timeout still holds.
-    let id =
-        db.transaction(Context::new(), |_| Partner::queue().oversleeps(&list, 800)).expect("queued").uuid();
+    let list = t.partners(&["ada", "bob"]);
+    // No worker: the jobs run right after the commit, on this thread; timeouts still hold, and
+    // the job after one that timed out runs on a connection whose session was not ended.
+    let (id, next) = db
+        .transaction(Context::new(), |_| {
+            let id = Partner::queue().priority(1).oversleeps(&list[..1], 800)?.uuid();
+            let next = Partner::queue().priority(2).export(&list[1..], "next".into())?.uuid();
+            Ok::<_, Error>((id, next))
+        })
+        .expect("queued");
     let job = db.job(&id).expect("job");
     assert_eq!((job.state, job.exc_name.as_deref()), (JobState::Failed, Some("TimeoutError")));
     assert_eq!(t.partner(list[0].id).expect("partner").note, "", "its write was rolled back");
+    assert_eq!(db.job(&next).expect("job").state, JobState::Done);
 }
 
 fn timeouts_hold_in_run_until_idle(t: TestDb) {

@@ -34,6 +34,8 @@ pub(crate) struct Outcome {
     pub unsettled: bool,
     /// How long its body ran.
     pub took: Duration,
+    /// A watcher ended the run's session: the connection must not serve again.
+    pub ended: bool,
 }
 
 /// Why a job's own transaction did not commit.
@@ -103,7 +105,7 @@ pub(crate) fn run(
         Ok((settlement.state, queued))
     });
     match ran {
-        Ok((state, queued)) => Outcome { state: Some(state), queued, unsettled: false, took },
+        Ok((state, queued)) => Outcome { state: Some(state), queued, took, ..Outcome::default() },
         Err(Abort::LeaseLost) => {
             tracing::warn!(job = %row.uuid, "job was taken over by another worker; its writes were rolled back");
             Outcome { took, ..Outcome::default() }
@@ -193,6 +195,10 @@ pub(crate) fn give_up(
     let ended = control.end_session(&mut other);
     let stored = ended.and_then(|_| settle_id(db, &mut other, id, func, lease, ending, worker_id));
     let unlocked = other.job_settle_unlock(id);
+    if unlocked.is_err() {
+        // Closing the connection frees the lock: rescuers must not leave the job alone forever.
+        poison(&mut other);
+    }
     let stored = stored?;
     unlocked?;
     Ok(stored)
@@ -215,6 +221,8 @@ pub(crate) fn after_commit(db: &Database, conn: &mut AnyConnection, ids: Vec<Job
         return;
     }
     let mut todo = ids;
+    // A connection whose session a timeout ended is replaced by one from the pool.
+    let mut fresh: Option<crate::database::PooledConn> = None;
     // Jobs waiting for a parent in the same batch are not claimable yet: they get another pass
     // once the others ran, as long as passes make progress.
     loop {
@@ -225,7 +233,7 @@ pub(crate) fn after_commit(db: &Database, conn: &mut AnyConnection, ids: Vec<Job
             let chunk = std::mem::replace(&mut todo, rest);
             let uuids: Vec<String> = chunk.iter().map(JobId::to_string).collect();
             let lease = JobId::new().to_string();
-            let claimed = conn.job_claim(&ClaimParams {
+            let claimed = fresh.as_deref_mut().unwrap_or(&mut *conn).job_claim(&ClaimParams {
                 worker_id: &worker_id,
                 lease_token: &lease,
                 now: db.now(),
@@ -245,9 +253,20 @@ pub(crate) fn after_commit(db: &Database, conn: &mut AnyConnection, ids: Vec<Job
             waiting.extend(chunk.into_iter().filter(|id| !rows.iter().any(|r| r.uuid == id.to_string())));
             for row in &rows {
                 progressed = true;
-                let outcome = run_watched(db, conn, row, &lease, &worker_id);
+                let current = fresh.as_deref_mut().unwrap_or(&mut *conn);
+                let outcome = run_watched(db, current, row, &lease, &worker_id);
+                if outcome.ended {
+                    match db.conn() {
+                        Ok(c) => fresh = Some(c),
+                        Err(e) => {
+                            tracing::error!(error = %chain(&e), "no connection to run the jobs queued by a transaction; they stay claimed until a worker rescues them");
+                            return;
+                        }
+                    }
+                }
+                let current = fresh.as_deref_mut().unwrap_or(&mut *conn);
                 if outcome.unsettled {
-                    let _ = conn.job_release(&[row.id], &lease);
+                    let _ = current.job_release(&[row.id], &lease);
                 }
                 todo.extend(outcome.queued);
             }
@@ -299,7 +318,7 @@ pub(crate) fn run_watched(
     if !finished_first {
         // Its session was ended under it: the connection must not serve again.
         poison(conn);
-        return Outcome { state: None, ..outcome };
+        return Outcome { state: None, ended: true, ..outcome };
     }
     outcome
 }

@@ -147,7 +147,15 @@ pub(crate) fn run(
         report.more = rows.len() >= ticket.limit;
         let iso = Rc::new(Isolation::new(conn.savepoint_budget()));
         let mut books = Books { rows: &rows, done: Vec::new(), queued: Vec::new(), settled: 0 };
+        let seen = || ticket.seen.as_ref().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()));
         for row in &rows {
+            // A job this worker already ran (it stops when idle) ends the batch first, whatever
+            // its path: otherwise an alone claim would give it back and a batch stop before it,
+            // over and over.
+            if seen().is_some_and(|s| s.contains(&row.id)) {
+                report.repeated = true;
+                break;
+            }
             if row.isolation != 0 || ticket.alone.contains(&row.func.as_str()) {
                 report.alone_next = true;
                 break;
@@ -161,18 +169,23 @@ pub(crate) fn run(
                 report.more = true;
                 break;
             }
-            if let Some(seen) = &ticket.seen
-                && !seen.lock().unwrap_or_else(|p| p.into_inner()).insert(row.id)
-            {
-                report.repeated = true;
-                break;
-            }
             if control.is_cancelled() {
                 return Err(Abort::GaveUp);
             }
+            if let Some(mut seen) = seen() {
+                seen.insert(row.id);
+            }
             if row.identity_key.is_some() {
-                conn.job_free_keys(&[row.id], started)?;
+                // The job before may have left the transaction aborted: this statement finds out.
+                loop {
+                    match conn.job_free_keys(&[row.id], started) {
+                        Ok(()) => break,
+                        Err(e) if iso.recover(conn, &e).is_some() => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
                 iso.wrote();
+                blame(db, conn, &iso, &mut books, &ticket.worker_id, started)?;
             }
             control.set_current(row.id, row.attempts);
             if let Some(slot) = slot {

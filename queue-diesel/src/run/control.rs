@@ -4,7 +4,7 @@
 //! worker is stopping past its grace period) and ends its database session.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::connection::AnyConnection;
@@ -29,6 +29,28 @@ const ABANDONED: u8 = 3;
 const HUNG: u8 = 4;
 
 /// Shared by a running unit of work and its watcher.
+/// The job a batch is running.
+#[derive(Debug, Clone, Copy)]
+struct Current {
+    id: i64,
+    attempts: i32,
+    since: Instant,
+    generation: u64,
+}
+
+/// What a watcher sees of the job a batch is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Running {
+    /// The job's row id.
+    pub id: i64,
+    /// Its tries before this run.
+    pub attempts: i32,
+    /// How long it has run.
+    pub ran: Duration,
+    /// Which job it is, for [`JobControl::give_up_hung`].
+    pub generation: u64,
+}
+
 #[derive(Debug)]
 pub(crate) struct JobControl {
     /// `RUNNING`, `FINISHED`, or why the watcher gave up.
@@ -36,12 +58,12 @@ pub(crate) struct JobControl {
     /// How to end the session the work runs in; held while the watcher ends it, so the
     /// executor cannot close the connection meanwhile.
     session: Mutex<Option<Session>>,
-    /// The job running now in a batch (0: none), its tries before this run, and when it
-    /// started (milliseconds since `born`).
-    current: AtomicI64,
-    current_attempts: AtomicI32,
-    current_since: AtomicU64,
-    born: Instant,
+    /// The job running now in a batch, if one is.
+    current: Mutex<Option<Current>>,
+    /// Counts the jobs set current, so that a watcher gives up only on the job it saw hang.
+    generation: std::sync::atomic::AtomicU64,
+    /// The liveness slot the work records its batch jobs in.
+    slot: Mutex<Option<std::sync::Arc<crate::liveness::Slot>>>,
     /// The worker is stopping: start no new job, commit what is done.
     winding_down: AtomicBool,
 }
@@ -51,10 +73,9 @@ impl Default for JobControl {
         JobControl {
             state: AtomicU8::new(RUNNING),
             session: Mutex::new(None),
-            current: AtomicI64::new(0),
-            current_attempts: AtomicI32::new(0),
-            current_since: AtomicU64::new(0),
-            born: Instant::now(),
+            current: Mutex::new(None),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            slot: Mutex::new(None),
             winding_down: AtomicBool::new(false),
         }
     }
@@ -93,6 +114,19 @@ impl JobControl {
         self.gave_up().is_some()
     }
 
+    /// The work records its batch jobs in `slot` of its worker's liveness record (so that the
+    /// watcher can clear it when it settles a hung job itself).
+    pub(crate) fn attach_slot(&self, slot: Option<std::sync::Arc<crate::liveness::Slot>>) {
+        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = slot;
+    }
+
+    /// Clear the record of the job the work runs (the watcher settled it).
+    pub(crate) fn clear_slot(&self) {
+        if let Some(slot) = self.slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            slot.clear();
+        }
+    }
+
     /// The work runs on a connection whose session is `session`.
     pub(crate) fn attach(&self, session: Option<Session>) {
         *self.session.lock().unwrap_or_else(|p| p.into_inner()) = session;
@@ -116,24 +150,31 @@ impl JobControl {
 
     /// Job `id` (with `attempts` tries before this run) starts in a batch.
     pub(crate) fn set_current(&self, id: i64, attempts: i32) {
-        let since = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.current_attempts.store(attempts, Ordering::SeqCst);
-        self.current_since.store(since, Ordering::SeqCst);
-        self.current.store(id, Ordering::SeqCst);
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Current { id, attempts, since: Instant::now(), generation });
     }
 
     /// No job of the batch is running.
     pub(crate) fn clear_current(&self) {
-        self.current.store(0, Ordering::SeqCst);
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    /// The job running now in a batch: its id, its tries before this run, how long it has run.
-    pub(crate) fn current(&self) -> Option<(i64, i32, Duration)> {
-        let id = self.current.load(Ordering::SeqCst);
-        (id != 0).then(|| {
-            let since = Duration::from_millis(self.current_since.load(Ordering::SeqCst));
-            (id, self.current_attempts.load(Ordering::SeqCst), self.born.elapsed().saturating_sub(since))
+    /// The job running now in a batch.
+    pub(crate) fn current(&self) -> Option<Running> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).map(|c| Running {
+            id: c.id,
+            attempts: c.attempts,
+            ran: c.since.elapsed(),
+            generation: c.generation,
         })
+    }
+
+    /// Give up on the batch because its job `generation` hung, only if that job is still the
+    /// one running (not finished, and the batch not committing): true when this call did.
+    pub(crate) fn give_up_hung(&self, generation: u64) -> bool {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        current.is_some_and(|c| c.generation == generation) && self.give_up(GaveUp::Hung)
     }
 
     /// Ask the work to start no new job and commit what it has done.

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use queue_core::Ending;
 
-use crate::connection::{poison, set_worker_thread};
-use crate::database::{Database, PooledConn};
+use crate::connection::{AnyConnection, set_worker_thread};
+use crate::database::Database;
 use crate::error::{Error, Result};
 use crate::liveness::Record;
 use crate::run::alone::{self, Outcome};
@@ -55,9 +55,11 @@ pub(super) struct Executors {
     pub started: usize,
 }
 
-/// An executor's connection, kept between units of work.
+/// An executor's connection, kept between units of work. It is its own, not the pool's: a
+/// thread stuck in a job given up on keeps it until the body returns, and must not starve the
+/// pool the application and its replacement use.
 struct Held {
-    conn: PooledConn,
+    conn: AnyConnection,
     session: Option<Session>,
 }
 
@@ -68,7 +70,8 @@ impl Executors {
         let jobs = Arc::clone(&self.jobs);
         let events = self.events.clone();
         let worker_id = Arc::clone(&self.worker_id);
-        let slot = self.record.as_ref().map(|r| r.slot(self.started));
+        // Its own slot of the liveness record, held until the thread ends.
+        let slot = self.record.as_ref().and_then(|r| r.slot()).map(Arc::new);
         self.started += 1;
         std::thread::Builder::new()
             .name(format!("queue-exec-{}", self.started))
@@ -81,6 +84,10 @@ impl Executors {
                     if held.is_none() {
                         held = connect(&db);
                     }
+                    // The connection is dropped once the work is detached from it: a watcher
+                    // may be ending its session until then.
+                    let mut broken = false;
+                    let mut failed = None;
                     let (flight, control, done) = match assignment {
                         Assignment::Alone { flight, row, lease, control } => {
                             control.attach(held.as_ref().and_then(|h| h.session));
@@ -94,7 +101,7 @@ impl Executors {
                             let outcome = match outcome {
                                 Some(Ok(outcome)) => outcome,
                                 _ => {
-                                    held = None;
+                                    broken = true;
                                     Outcome { unsettled: true, ..Outcome::default() }
                                 }
                             };
@@ -105,9 +112,10 @@ impl Executors {
                         }
                         Assignment::Batch { flight, ticket, control } => {
                             control.attach(held.as_ref().and_then(|h| h.session));
+                            control.attach_slot(slot.clone());
                             let report = match held.as_mut() {
                                 Some(h) => catch_unwind(AssertUnwindSafe(|| {
-                                    batch::run(&db, &mut h.conn, &ticket, &control, slot.as_ref())
+                                    batch::run(&db, &mut h.conn, &ticket, &control, slot.as_deref())
                                 }))
                                 .unwrap_or_else(|_| {
                                     let error = Error::Config("the batch runner panicked".into());
@@ -118,10 +126,11 @@ impl Executors {
                                     interrupted: None,
                                 }),
                             };
-                            let report = report.map_err(|failed| {
-                                held = None;
-                                interrupted(&db, &worker_id, &failed);
-                                chain(&failed.error)
+                            let report = report.map_err(|e| {
+                                broken = true;
+                                let text = chain(&e.error);
+                                failed = Some(e);
+                                text
                             });
                             (flight, control, Done::Batch(report))
                         }
@@ -130,8 +139,13 @@ impl Executors {
                     // ended, and a new thread replaced this one).
                     let finished_first = control.finish();
                     control.detach();
-                    if !finished_first && let Some(mut h) = held.take() {
-                        poison(&mut h.conn);
+                    if broken || !finished_first {
+                        held = None;
+                    }
+                    if let Some(failed) = failed
+                        && finished_first
+                    {
+                        interrupted(&db, &worker_id, &failed);
                     }
                     if events.send(Event::Finished { flight, done }).is_err() || !finished_first {
                         return;
@@ -145,7 +159,7 @@ impl Executors {
 
 /// A connection for jobs, with the session handle a watcher needs to end it.
 fn connect(db: &Database) -> Option<Held> {
-    let opened = db.conn().and_then(|mut conn| {
+    let opened = crate::store::connect(&db.raw_url(), db.backend()).and_then(|mut conn| {
         conn.session_prepare_for_jobs()?;
         let session = conn.session().ok();
         Ok(Held { conn, session })

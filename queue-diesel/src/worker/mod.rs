@@ -329,7 +329,7 @@ impl Worker {
             return Ok(WorkerStats::default());
         }
         let capacity = self.config.channels.total_capacity();
-        let record = Record::open(&self.liveness_folder(), &self.config.worker_id, capacity * 2)?;
+        let record = Record::open(&self.liveness_folder(), &self.config.worker_id, capacity * 4)?;
         let (jobs_tx, jobs_rx) = mpsc::channel();
         let mut executors = Executors {
             db: self.db.clone(),

@@ -14,6 +14,7 @@ use crate::error::Result;
 use crate::function::registry;
 use crate::maintenance::Rescuer;
 use crate::run::alone::give_up;
+use crate::run::control::Running;
 use crate::run::{GaveUp, chain, timeout_verdict};
 use crate::store::Store;
 
@@ -33,28 +34,33 @@ impl Worker {
     /// the hang limit, and batches whose current job passed the hang limit.
     pub(super) fn watch(&self, state: &mut Dispatch) -> Result<()> {
         let now = Instant::now();
-        let due: Vec<(u64, GaveUp)> = state
+        let due: Vec<(u64, GaveUp, Option<Running>)> = state
             .in_flight
             .iter()
             .filter_map(|(key, f)| match (f.deadline, f.control.current()) {
-                (Some((at, why)), _) if at <= now => Some((*key, why)),
-                (None, Some((_, _, ran))) if f.leased.is_none() && ran >= self.config.hang_limit => {
-                    Some((*key, GaveUp::Hung))
+                (Some((at, why)), _) if at <= now => Some((*key, why, None)),
+                (None, Some(running)) if f.leased.is_none() && running.ran >= self.config.hang_limit => {
+                    Some((*key, GaveUp::Hung, Some(running)))
                 }
                 _ => None,
             })
             .collect();
-        for (key, why) in due {
-            self.give_up_on(state, key, why)?;
+        for (key, why, hung) in due {
+            self.give_up_on(state, key, why, hung)?;
         }
         Ok(())
     }
 
     /// Give up on a unit of work: end its session, settle its job, free its slot, and start an
-    /// executor thread in place of the one still stuck in the body.
-    fn give_up_on(&self, state: &mut Dispatch, key: u64, why: GaveUp) -> Result<()> {
-        // The executor may have finished it in the meantime: its `Finished` settles it.
-        if !state.in_flight.get(&key).is_some_and(|f| f.control.give_up(why)) {
+    /// executor thread in place of the one still stuck in the body. For a batch, `hung` is the
+    /// job seen hanging: nothing is done unless it is still the one running.
+    fn give_up_on(&self, state: &mut Dispatch, key: u64, why: GaveUp, hung: Option<Running>) -> Result<()> {
+        // The executor may have finished it (or, in a batch, moved on) in the meantime.
+        let gave_up = state.in_flight.get(&key).is_some_and(|f| match hung {
+            Some(running) => f.control.give_up_hung(running.generation),
+            None => f.control.give_up(why),
+        });
+        if !gave_up {
             return Ok(());
         }
         let Some(unit) = state.in_flight.remove(&key) else { return Ok(()) };
@@ -86,7 +92,9 @@ impl Worker {
                 state.wake();
                 let message =
                     format!("it ran past the hang limit of {limit:?} in a batch; its neighbours were freed");
-                let id = unit.control.current().map_or(0, |(id, _, _)| id);
+                // Its executor's record no longer names it: it is settled here.
+                unit.control.clear_slot();
+                let id = hung.map_or(0, |running| running.id);
                 (id, String::new(), None, Ending::Hung { message })
             }
         };
@@ -166,10 +174,7 @@ impl Worker {
             }
             let given_back = self.db.conn().and_then(|mut conn| {
                 // A job run alone: the one running now (it may follow the first in a chain).
-                let leased = unit
-                    .leased
-                    .as_ref()
-                    .map(|(row, lease)| (unit.control.current().map_or(row.id, |(id, _, _)| id), lease));
+                let leased = unit.leased.as_ref().map(|(row, lease)| (row.id, lease));
                 let id = leased.map(|(id, _)| id);
                 if let Some(id) = id {
                     conn.job_settle_lock(id)?;
@@ -179,8 +184,12 @@ impl Worker {
                     (Some((id, lease)), Ok(_)) => conn.job_release(&[id], lease).map(|n| n as u64),
                     _ => Ok(0),
                 };
-                if let Some(id) = id {
-                    conn.job_settle_unlock(id)?;
+                if let Some(id) = id
+                    && let Err(e) = conn.job_settle_unlock(id)
+                {
+                    // Closing the connection frees the lock.
+                    crate::connection::poison(&mut conn);
+                    return Err(e);
                 }
                 ended?;
                 released
