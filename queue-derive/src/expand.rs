@@ -27,9 +27,22 @@ pub fn model(m: &Model) -> TokenStream {
                 fn record_id(&self) -> i64 {
                     ::core::convert::Into::<i64>::into(self.#id_field)
                 }
+            }
 
+            // Every connection type the model's Diesel derives can load it from.
+            impl<__C> __q::LoadRecords<__C> for #ident
+            where
+                __C: __q::JobConnection,
+                for<'__q> __q::diesel::dsl::Select<
+                    __q::diesel::dsl::Filter<
+                        #table::table,
+                        __q::diesel::dsl::EqAny<#table::#id_field, ::std::vec::Vec<#id_type>>,
+                    >,
+                    __q::diesel::dsl::AsSelect<Self, <__C as __q::diesel::Connection>::Backend>,
+                >: __q::diesel::query_dsl::LoadQuery<'__q, __C, Self>,
+            {
                 fn load_by_ids(
-                    conn: &mut __q::AnyConnection,
+                    conn: &mut __C,
                     ids: &[i64],
                 ) -> __q::diesel::QueryResult<::std::vec::Vec<Self>> {
                     use __q::diesel::prelude::*;
@@ -151,6 +164,11 @@ pub fn queueable(q: &Queueable) -> TokenStream {
                 isolated: #isolated,
             }
         };
+        // Spanned at the connection type: a type the queue cannot give is reported there.
+        let conn = match &method.conn {
+            Some(ty) => quote_spanned!(ty.span()=> #ty),
+            None => quote!(__q::AnyConnection),
+        };
         let mut call_args = Vec::new();
         let mut decode = Vec::new();
         let mut wrapper_params = Vec::new();
@@ -194,8 +212,8 @@ pub fn queueable(q: &Queueable) -> TokenStream {
                 env: &__q::Env,
                 inv: &__q::Invocation<'_>,
             ) -> __q::JobResult<::core::option::Option<::std::string::String>> {
-                let _ = env;
-                let records = __q::load_records::<#self_ty>(env, inv)?;
+                let env = __q::typed_env::<#conn>(env, inv)?;
+                let records = __q::load_records::<#self_ty, #conn>(env, inv)?;
                 #(#decode)*
                 __q::JobReturn::into_outcome(#self_ty::#name(records, #(#call_args),*))
             }

@@ -170,6 +170,8 @@ pub struct Method {
     pub ident: Ident,
     pub vis: syn::Visibility,
     pub params: Vec<Param>,
+    /// The connection type of `env: &Env<C>`; `None` for `&Env` (the queue's `AnyConnection`).
+    pub conn: Option<Type>,
     pub job: JobAttr,
     pub doc: Option<String>,
 }
@@ -328,6 +330,17 @@ fn first_doc_line(attrs: &[Attribute]) -> Option<String> {
     })
 }
 
+/// `C` in `&Env<C>`.
+fn env_connection(ty: &Type) -> Option<Type> {
+    let Type::Reference(r) = ty else { return None };
+    let Type::Path(p) = &*r.elem else { return None };
+    let syn::PathArguments::AngleBracketed(args) = &p.path.segments.last()?.arguments else { return None };
+    args.args.iter().find_map(|arg| match arg {
+        syn::GenericArgument::Type(ty) => Some(ty.clone()),
+        _ => None,
+    })
+}
+
 /// True for `&Env`, `&mut Env` or a path ending in `Env`.
 fn is_env(ty: &Type) -> bool {
     match ty {
@@ -440,6 +453,7 @@ pub fn queueable(args: TokenStream, mut item: ItemImpl) -> (ItemImpl, syn::Resul
             ),
         }
         let mut params = Vec::new();
+        let mut conn = None;
         let mut seen_env = false;
         for input in inputs {
             let FnArg::Typed(typed) = input else { continue };
@@ -453,6 +467,7 @@ pub fn queueable(args: TokenStream, mut item: ItemImpl) -> (ItemImpl, syn::Resul
                     errors.push(typed.ty.span(), "only one `&Env` argument per method");
                 }
                 seen_env = true;
+                conn = env_connection(&typed.ty);
                 params.push(Param::Env);
                 continue;
             }
@@ -473,6 +488,7 @@ pub fn queueable(args: TokenStream, mut item: ItemImpl) -> (ItemImpl, syn::Resul
             ident: sig.ident.clone(),
             vis: f.vis.clone(),
             params,
+            conn,
             job,
             doc: first_doc_line(&f.attrs),
         });

@@ -125,7 +125,7 @@ pub fn enqueue(
                 return Ok(handle);
             }
         }
-        let mut conn = env.try_conn()?;
+        let mut conn = env.any_conn()?;
         if resolved.identity_key.is_some() {
             let (uuid, inserted) = conn.job_insert_unique(&jobs[0])?;
             handle.uuids.push(uuid);
@@ -190,7 +190,7 @@ pub fn bulk<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
         return Ok(value);
     }
     current_env(|env| {
-        let mut conn = env.try_conn()?;
+        let mut conn = env.any_conn()?;
         conn.job_insert_many(&jobs)?;
         if env.database().worker_configured() && env.first_notify() {
             conn.job_notify()?;
@@ -220,9 +220,9 @@ fn run_now(env: &Env, function: &'static JobFunction, job: &NewJob) -> Result<()
 fn savepoint<T>(env: &Env, f: impl FnOnce() -> Result<T, JobError>) -> Result<Result<T, JobError>> {
     use diesel::connection::TransactionManager;
     type Tm = <crate::connection::AnyConnection as diesel::Connection>::TransactionManager;
-    Tm::begin_transaction(&mut *env.try_conn()?).map_err(Error::query("open a savepoint"))?;
+    Tm::begin_transaction(&mut *env.any_conn()?).map_err(Error::query("open a savepoint"))?;
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    let Ok(mut conn) = env.try_conn() else {
+    let Ok(mut conn) = env.any_conn() else {
         // The body kept a connection guard alive (only possible by leaking it): nothing can be
         // rolled back from here; the enclosing transaction's rollback will.
         return match outcome {

@@ -41,6 +41,14 @@ pub enum Error {
         "the transaction's connection is in use: drop the guard returned by env.conn() before queueing a job"
     )]
     ConnectionBusy,
+    /// Code asked for the transaction's connection as a type it is not.
+    #[error("the transaction's connection is not a {wanted}: it is {given}")]
+    ConnectionType {
+        /// The type asked for.
+        wanted: &'static str,
+        /// What the connection is.
+        given: &'static str,
+    },
     /// A stored value could not be decoded.
     #[error("failed to decode {what} of job {job}")]
     Decode {

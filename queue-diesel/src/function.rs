@@ -12,8 +12,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::connection::JobConnection;
 use crate::error::{Error, Result};
-use crate::model::Model;
+use crate::model::LoadRecords;
 use crate::transaction::Env;
 
 /// A queueable method, registered with `inventory` by the code `#[queueable]` generates.
@@ -138,7 +139,10 @@ pub(crate) fn retry_pattern_of(name: &str) -> Option<RetryPattern> {
 
 /// Re-load the records of a job, in the order they were given. Deleted records are skipped;
 /// when all of them were deleted the job has nothing to do.
-pub fn load_records<M: Model>(env: &Env, inv: &Invocation<'_>) -> JobResult<Vec<M>> {
+pub fn load_records<M: LoadRecords<C>, C: JobConnection>(
+    env: &Env<C>,
+    inv: &Invocation<'_>,
+) -> JobResult<Vec<M>> {
     if inv.record_ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -153,6 +157,22 @@ pub fn load_records<M: Model>(env: &Env, inv: &Invocation<'_>) -> JobResult<Vec<
         )));
     }
     Ok(records)
+}
+
+/// The job's environment seen with the connection type its function's code works with; a
+/// worker on another backend fails the job with a message naming both.
+pub fn typed_env<'e, C: JobConnection>(env: &'e Env, inv: &Invocation<'_>) -> JobResult<&'e Env<C>> {
+    env.with_type::<C>().ok_or_else(|| {
+        JobError::failed(
+            "ConnectionTypeError",
+            format!(
+                "{} works on a {}, but this worker's connection is {}",
+                inv.func,
+                C::NAME,
+                env.backend().connection_type()
+            ),
+        )
+    })
 }
 
 /// Decode the argument `name`; a missing or mistyped argument fails the job with a readable reason.

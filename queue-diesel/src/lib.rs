@@ -80,12 +80,12 @@ pub mod testing;
 pub mod transaction;
 pub mod worker;
 
-pub use connection::{AnyConnection, Backend};
+pub use connection::{AnyConnection, AsJobConnection, Backend, JobConnection};
 pub use database::{Database, DatabaseBuilder};
 pub use delay::{JobHandle, bulk};
 pub use error::{Error, Result};
 pub use function::{JobFunction, registry};
-pub use model::{Model, NoRecords, Records};
+pub use model::{LoadRecords, Model, NoRecords, Records};
 pub use queue_core::{
     self as core, ChannelConfig, Clock, Context, Eta, Job, JobError, JobId, JobOptions, JobResult, JobState,
     MockClock, OperatorAction, SystemClock,
@@ -105,10 +105,10 @@ pub mod prelude {
 pub mod __private {
     pub use crate::delay::enqueue;
     pub use crate::function::{
-        Invocation, JobFunction, JobReturn, Registration, arg, encode_arg, load_records,
+        Invocation, JobFunction, JobReturn, Registration, arg, encode_arg, load_records, typed_env,
     };
-    pub use crate::model::{Model, Records};
-    pub use crate::{AnyConnection, Env, Error, JobHandle};
+    pub use crate::model::{LoadRecords, Model, Records};
+    pub use crate::{AnyConnection, Env, Error, JobConnection, JobHandle};
     pub use diesel;
     pub use inventory;
     pub use queue_core::options::{FunctionDefaults, JobOptions};

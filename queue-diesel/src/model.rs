@@ -1,6 +1,6 @@
 //! What the queue needs from an application's model: a stable name and loading records by id.
 
-use crate::connection::AnyConnection;
+use crate::connection::JobConnection;
 
 /// A Diesel model whose methods can be queued. Derive it with `#[derive(queue_diesel::Model)]`.
 pub trait Model: Sized + 'static {
@@ -9,9 +9,20 @@ pub trait Model: Sized + 'static {
 
     /// The record's id, stored in the job.
     fn record_id(&self) -> i64;
+}
 
+/// Loading a model's records by id on connections of type `C`. `#[derive(Model)]` implements it
+/// for every connection type the model's Diesel derives can load from: a model with
+/// PostgreSQL-only column types loads on `PgConnection` only, and its job methods take
+/// `env: &Env<PgConnection>`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be loaded on a `{C}`",
+    label = "the records of this job method are loaded on a `{C}`",
+    note = "a job method's records load on the connection type of its `env` parameter (`Env` is `Env<AnyConnection>`); a model whose columns exist on one backend only takes `env: &Env<PgConnection>` or `env: &Env<SqliteConnection>`"
+)]
+pub trait LoadRecords<C: JobConnection>: Model {
     /// Load the records with these ids; ids of deleted records are simply absent.
-    fn load_by_ids(conn: &mut AnyConnection, ids: &[i64]) -> diesel::QueryResult<Vec<Self>>;
+    fn load_by_ids(conn: &mut C, ids: &[i64]) -> diesel::QueryResult<Vec<Self>>;
 }
 
 /// The records a queued call runs on: one record, a slice, a `Vec` or an array of them.

@@ -10,21 +10,34 @@ use std::ops::{Deref, DerefMut};
 use chrono::{DateTime, Utc};
 use queue_core::{Context, JobId};
 
-use crate::connection::{AnyConnection, in_transaction_on};
+use crate::connection::{AnyConnection, AsJobConnection, Backend, JobConnection, in_transaction_on};
 use crate::database::Database;
 use crate::error::{Error, Result};
 
 thread_local! {
     /// The environments open on this thread, innermost last.
-    static CURRENT: RefCell<Vec<*const Env>> = const { RefCell::new(Vec::new()) };
+    static CURRENT: RefCell<Vec<*const Scope>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The environment of a transaction: its connection, the user and context, the database.
 ///
-/// A job function receives one, restored from what was captured when the job was queued.
-#[derive(Debug)]
-pub struct Env {
+/// A job function receives one, restored from what was captured when the job was queued. `C` is
+/// the connection type its code works with: [`AnyConnection`] by default (one code base on both
+/// backends), or the application's own `PgConnection` or `SqliteConnection`
+/// (`env: &Env<PgConnection>`), whose backend-specific Diesel features then work in the job.
+#[repr(transparent)]
+pub struct Env<C = AnyConnection> {
+    scope: Scope,
+    _conn: PhantomData<fn() -> C>,
+}
+
+/// What an environment is, whatever the connection type it is seen through.
+struct Scope {
     conn: *mut AnyConnection,
+    backend: Backend,
+    /// The connection is the application's own concrete one, lent for this scope: it is only
+    /// handed out as that type.
+    lent: bool,
     conn_lock: RefCell<()>,
     context: Context,
     db: Database,
@@ -36,6 +49,16 @@ pub struct Env {
     job: Option<JobRun>,
     /// An `Env` is tied to its thread and its stack frame.
     _not_send: PhantomData<*const ()>,
+}
+
+impl<C> std::fmt::Debug for Env<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Env")
+            .field("backend", &self.scope.backend)
+            .field("context", &self.scope.context)
+            .field("job", &self.scope.job.as_ref().map(|run| run.uuid))
+            .finish_non_exhaustive()
+    }
 }
 
 /// What an environment knows of the job it runs.
@@ -50,85 +73,106 @@ pub(crate) struct JobRun {
 
 /// Exclusive access to the transaction's connection; release it before queueing a job.
 #[derive(Debug)]
-pub struct ConnGuard<'a> {
-    conn: *mut AnyConnection,
+pub struct ConnGuard<'a, C = AnyConnection> {
+    conn: *mut C,
     _lock: RefMut<'a, ()>,
 }
 
-impl Deref for ConnGuard<'_> {
-    type Target = AnyConnection;
-    fn deref(&self) -> &AnyConnection {
-        // SAFETY: `conn` points to the connection the `Env` was built on, which outlives the
+impl<C> Deref for ConnGuard<'_, C> {
+    type Target = C;
+    fn deref(&self) -> &C {
+        // SAFETY: `conn` points into the connection the `Env` was built on, which outlives the
         // `Env` (see `Env::enter`); the `RefMut` held by this guard makes the access exclusive.
         unsafe { &*self.conn }
     }
 }
 
-impl DerefMut for ConnGuard<'_> {
-    fn deref_mut(&mut self) -> &mut AnyConnection {
+impl<C> DerefMut for ConnGuard<'_, C> {
+    fn deref_mut(&mut self) -> &mut C {
         // SAFETY: as in `deref`; `&mut self` makes this reference unique.
         unsafe { &mut *self.conn }
     }
 }
 
-impl Env {
+impl<C: JobConnection> Env<C> {
     /// The transaction's connection, for the application's own Diesel queries:
     /// `partners::table.load::<Partner>(&mut *env.conn())`.
     ///
     /// # Panics
     /// When the connection is already borrowed (a previous guard is still alive).
-    pub fn conn(&self) -> ConnGuard<'_> {
-        self.try_conn().expect(
-            "the transaction's connection is already borrowed: drop the previous env.conn() guard first",
-        )
+    pub fn conn(&self) -> ConnGuard<'_, C> {
+        self.try_conn().unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Like [`Env::conn`], with an error instead of a panic when the connection is in use.
-    pub fn try_conn(&self) -> Result<ConnGuard<'_>> {
-        let lock = self.conn_lock.try_borrow_mut().map_err(|_| Error::ConnectionBusy)?;
-        if let Some(isolation) = self.job.as_ref().and_then(|run| run.isolation.as_ref()) {
+    pub fn try_conn(&self) -> Result<ConnGuard<'_, C>> {
+        if self.scope.lent && is_any::<C>() {
+            return Err(Error::ConnectionType {
+                wanted: C::NAME,
+                given: "the application's own connection (see with_env)",
+            });
+        }
+        let ConnGuard { conn, _lock } = self.any_conn()?;
+        // SAFETY: as in `ConnGuard::deref_mut`; the guard's lock moves into the new guard.
+        let any = unsafe { &mut *conn };
+        let given = any.backend();
+        match C::view(any) {
+            Some(conn) => Ok(ConnGuard { conn, _lock }),
+            None => Err(Error::ConnectionType { wanted: C::NAME, given: given.connection_type() }),
+        }
+    }
+
+    /// The queue's own view of the connection, whatever type the application sees it as.
+    pub(crate) fn any_conn(&self) -> Result<ConnGuard<'_>> {
+        let lock = self.scope.conn_lock.try_borrow_mut().map_err(|_| Error::ConnectionBusy)?;
+        if let Some(isolation) = self.scope.job.as_ref().and_then(|run| run.isolation.as_ref()) {
             // SAFETY: as in `ConnGuard::deref_mut`: the connection outlives the `Env` and the
             // `RefMut` taken above makes this access exclusive.
-            isolation.enter(unsafe { &mut *self.conn })?;
+            isolation.enter(unsafe { &mut *self.scope.conn })?;
         }
-        Ok(ConnGuard { conn: self.conn, _lock: lock })
+        Ok(ConnGuard { conn: self.scope.conn, _lock: lock })
+    }
+
+    /// The backend of the transaction's database.
+    pub fn backend(&self) -> Backend {
+        self.scope.backend
     }
 
     /// The ambient context: user and values.
     pub fn context(&self) -> &Context {
-        &self.context
+        &self.scope.context
     }
 
     /// The user the transaction runs for.
     pub fn user_id(&self) -> Option<i64> {
-        self.context.user_id()
+        self.scope.context.user_id()
     }
 
     /// The database this transaction belongs to.
     pub fn database(&self) -> &Database {
-        &self.db
+        &self.scope.db
     }
 
     /// Now, from the database's clock (see [`Database::now`]).
     pub fn now(&self) -> DateTime<Utc> {
-        self.db.now()
+        self.scope.db.now()
     }
 
     /// The job being run, when this environment is a job's.
     pub fn job_id(&self) -> Option<JobId> {
-        self.job.as_ref().map(|run| run.uuid)
+        self.scope.job.as_ref().map(|run| run.uuid)
     }
 
     /// Which try of the job this run is: 1 for the first. 0 outside a job, or when the job runs
     /// at the call (no-delay mode).
     pub fn attempt(&self) -> i32 {
-        self.job.as_ref().map_or(0, |run| run.attempt)
+        self.scope.job.as_ref().map_or(0, |run| run.attempt)
     }
 
     /// True once the worker has given up on this run (its timeout passed): the job's outcome
     /// will not be stored, so a long body should stop as soon as it sees this.
     pub fn is_cancelled(&self) -> bool {
-        self.job.as_ref().and_then(|run| run.control.as_ref()).is_some_and(|c| c.is_cancelled())
+        self.scope.job.as_ref().and_then(|run| run.control.as_ref()).is_some_and(|c| c.is_cancelled())
     }
 
     /// `Err` once the run is cancelled (see [`Env::is_cancelled`]): `env.check_cancelled()?` in a
@@ -141,38 +185,64 @@ impl Env {
         }
     }
 
+    /// This environment seen with another connection type, when its connection is of that type.
+    pub fn with_type<D: JobConnection>(&self) -> Option<&Env<D>> {
+        if !D::BACKENDS.contains(&self.scope.backend) || self.scope.lent && is_any::<D>() {
+            return None;
+        }
+        // SAFETY: `Env` is `repr(transparent)` over `Scope` whatever its type parameter.
+        Some(unsafe { &*(std::ptr::from_ref(self).cast::<Env<D>>()) })
+    }
+
     pub(crate) fn record_queued(&self, id: JobId) {
-        self.queued.borrow_mut().push(id);
+        self.scope.queued.borrow_mut().push(id);
     }
 
     pub(crate) fn take_queued(&self) -> Vec<JobId> {
-        std::mem::take(&mut *self.queued.borrow_mut())
+        std::mem::take(&mut *self.scope.queued.borrow_mut())
     }
 
     /// Marks the transaction as having woken the workers; true the first time.
     pub(crate) fn first_notify(&self) -> bool {
-        !self.notified.replace(true)
+        !self.scope.notified.replace(true)
     }
 
     /// Build an environment on `conn`, make it current for the duration of `f`.
     pub(crate) fn enter<R>(
-        conn: &mut AnyConnection,
+        conn: &mut C,
         context: Context,
         db: Database,
         job: Option<JobRun>,
-        f: impl FnOnce(&Env) -> R,
+        f: impl FnOnce(&Env<C>) -> R,
     ) -> R {
-        let env = Env {
-            conn: conn as *mut AnyConnection,
-            conn_lock: RefCell::new(()),
-            context,
-            db,
-            queued: RefCell::new(Vec::new()),
-            notified: Cell::new(false),
-            job,
-            _not_send: PhantomData,
+        let lent = !is_any::<C>();
+        conn.lend(|any| Env::<C>::enter_any(any, lent, context, db, job, f))
+    }
+
+    fn enter_any<R>(
+        conn: &mut AnyConnection,
+        lent: bool,
+        context: Context,
+        db: Database,
+        job: Option<JobRun>,
+        f: impl FnOnce(&Env<C>) -> R,
+    ) -> R {
+        let env = Env::<C> {
+            scope: Scope {
+                backend: conn.backend(),
+                conn: conn as *mut AnyConnection,
+                lent,
+                conn_lock: RefCell::new(()),
+                context,
+                db,
+                queued: RefCell::new(Vec::new()),
+                notified: Cell::new(false),
+                job,
+                _not_send: PhantomData,
+            },
+            _conn: PhantomData,
         };
-        CURRENT.with(|stack| stack.borrow_mut().push(&env as *const Env));
+        CURRENT.with(|stack| stack.borrow_mut().push(&env.scope as *const Scope));
         // Pops the environment even when `f` panics.
         struct Pop;
         impl Drop for Pop {
@@ -185,13 +255,20 @@ impl Env {
     }
 }
 
-/// Run `f` with the innermost environment of this thread.
+/// True when `C` is the queue's own connection type.
+fn is_any<C: 'static>() -> bool {
+    std::any::TypeId::of::<C>() == std::any::TypeId::of::<AnyConnection>()
+}
+
+/// Run `f` with the innermost environment of this thread, seen as the queue sees it. When the
+/// application lent its own connection (see [`with_env`]), `env.conn()` on this view is an error.
 pub fn current_env<R>(f: impl FnOnce(&Env) -> R) -> Result<R> {
     let top = CURRENT.with(|stack| stack.borrow().last().copied());
     match top {
-        // SAFETY: an `Env` is on the stack only while `Env::enter` runs, which keeps it alive
-        // and pops it before returning; it is only ever shared (`&Env`).
-        Some(env) => Ok(f(unsafe { &*env })),
+        // SAFETY: a `Scope` is on the stack only while `Env::enter_any` runs, which keeps it
+        // alive and pops it before returning; it is only ever shared. `Env` is
+        // `repr(transparent)` over `Scope`.
+        Some(scope) => Ok(f(unsafe { &*scope.cast::<Env>() })),
         None => Err(Error::NoTransaction),
     }
 }
@@ -206,7 +283,7 @@ pub(crate) fn run<T, E>(db: &Database, context: Context, f: impl FnOnce(&Env) ->
 where
     E: From<Error>,
 {
-    let outer_here = current_env(|outer| outer.db.same_as(db)).unwrap_or(false);
+    let outer_here = current_env(|outer| outer.scope.db.same_as(db)).unwrap_or(false);
     if outer_here {
         return run_nested(db, context, f);
     }
@@ -234,9 +311,10 @@ where
     E: From<Error>,
 {
     let outcome = current_env(|outer| {
-        let mut guard = outer.try_conn().map_err(E::from)?;
+        let mut guard = outer.any_conn().map_err(E::from)?;
+        let lent = outer.scope.lent;
         let (value, queued) = in_transaction_on::<_, E>(&mut guard, |conn| {
-            Env::enter(conn, context, db.clone(), None, |env| {
+            Env::enter_any(conn, lent, context, db.clone(), None, |env| {
                 let value = f(env)?;
                 Ok((value, env.take_queued()))
             })
@@ -250,17 +328,36 @@ where
     outcome.map_err(E::from)?
 }
 
-/// Join a transaction the application opened itself on `conn` (for example with Diesel's
-/// `conn.transaction(…)`): jobs queued in `f` are inserted on `conn` and commit or roll back with
-/// it. Returns `f`'s value and the ids of the jobs queued; when no worker is configured, pass them
-/// to [`Database::run_jobs`] after the commit.
-pub fn with_env<T>(
+/// Join a transaction the application opened itself on its own connection (for example with
+/// Diesel's `conn.transaction(…)`): jobs queued in `f` are inserted on `conn` and commit or roll
+/// back with it. Returns `f`'s value and the ids of the jobs queued; when no worker is
+/// configured, pass them to [`Database::run_jobs`] after the commit.
+///
+/// `conn` may be the queue's [`AnyConnection`] or the application's own `PgConnection` or
+/// `SqliteConnection`, or one taken from an r2d2 pool of them: `f` then sees it as that type through
+/// [`Env::conn`].
+///
+/// ```no_run
+/// # use diesel::prelude::*;
+/// # use diesel::pg::PgConnection;
+/// # use queue_diesel::prelude::*;
+/// # fn demo(db: &Database, conn: &mut PgConnection) -> Result<(), queue_diesel::Error> {
+/// let queued = conn.transaction(|conn| {
+///     let (value, queued) = queue_diesel::with_env(db, conn, Context::user(7), |env| {
+///         diesel::sql_query("UPDATE partners SET active = true").execute(&mut *env.conn())
+///     });
+///     value.map(|_| queued)
+/// })?;
+/// db.run_jobs(queued)?; // only needed when no worker runs the queue
+/// # Ok(()) }
+/// ```
+pub fn with_env<C: AsJobConnection + ?Sized, T>(
     db: &Database,
-    conn: &mut AnyConnection,
+    conn: &mut C,
     context: Context,
-    f: impl FnOnce(&Env) -> T,
+    f: impl FnOnce(&Env<C::Connection>) -> T,
 ) -> (T, Vec<JobId>) {
-    Env::enter(conn, context, db.clone(), None, |env| {
+    Env::enter(conn.as_job_connection(), context, db.clone(), None, |env| {
         let value = f(env);
         (value, env.take_queued())
     })

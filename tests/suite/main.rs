@@ -2,6 +2,7 @@
 //! on PostgreSQL.
 
 mod channels;
+mod connections;
 mod crash;
 mod dependencies;
 mod isolation;

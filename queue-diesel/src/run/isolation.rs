@@ -73,7 +73,7 @@ impl Isolation {
     }
 
     /// Before the current job's first statement: make sure a savepoint lies between it and the
-    /// jobs before it. Called by [`crate::Env::try_conn`].
+    /// jobs before it. Called by `Env::try_conn`.
     pub(crate) fn enter(&self, conn: &mut AnyConnection) -> Result<()> {
         if self.touched.replace(true) {
             return Ok(());

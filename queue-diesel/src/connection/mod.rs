@@ -9,7 +9,10 @@ use diesel::pg::PgConnection;
 use crate::error::Error;
 use diesel::sqlite::SqliteConnection;
 
+pub use kind::{AsJobConnection, JobConnection};
 pub use multi::{AnyConnection, MultiBackend};
+
+mod kind;
 
 /// Diesel's derive emits helper types (the `MultiBackend` and its value types) without docs.
 mod multi {
@@ -79,6 +82,14 @@ impl Backend {
     /// writes at a time anyway), and a job must not hold its write lock past the hang limit.
     pub fn single_writer(self) -> bool {
         matches!(self, Backend::Sqlite)
+    }
+
+    /// A sentence naming the connection type of this backend, for messages.
+    pub fn connection_type(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "a SqliteConnection (the database is SQLite)",
+            Backend::Postgres => "a PgConnection (the database is PostgreSQL)",
+        }
     }
 
     /// Lower-case name, as shown in logs and benchmark output.
