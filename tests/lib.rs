@@ -245,11 +245,14 @@ macro_rules! backend_tests {
         mod postgres {
             $(
                 #[test]
+                #[cfg_attr(
+                    not(queue_postgres_tests),
+                    ignore = "set QUEUE_TEST_POSTGRES_URL (e.g. postgres://postgres@127.0.0.1/test) to run the PostgreSQL tests"
+                )]
                 fn $name() {
-                    match $crate::TestDb::new($crate::Kind::Postgres, |b| b) {
-                        Some(t) => super::$name(t),
-                        None => eprintln!("skipped: set QUEUE_TEST_POSTGRES_URL to run the PostgreSQL tests"),
-                    }
+                    let t = $crate::TestDb::new($crate::Kind::Postgres, |b| b)
+                        .expect("QUEUE_TEST_POSTGRES_URL was set when the suite was built: set it when it runs too");
+                    super::$name(t);
                 }
             )*
         }

@@ -1,5 +1,10 @@
-//! Run with: `cargo run -p partners` (SQLite file `partners-demo.sqlite3`, no set-up), or with
-//! `DATABASE_URL=postgres://…` for PostgreSQL. Each run starts from empty tables.
+//! Run with: `cargo run -p partners` (a SQLite file `partners-demo.sqlite3` it creates, no
+//! set-up), or `cargo run -p partners -- --database-url postgres://…` for PostgreSQL. Each run
+//! starts from empty tables.
+//!
+//! The demo writes only to a database it was told about on its own command line (it ignores
+//! `DATABASE_URL`), and drops only the tables it created itself: it marks them with a
+//! `partners_demo` table and refuses a database whose `partners` table is not marked.
 //!
 //! Shows the three run modes: no worker (jobs run right after commit), no-delay (the method runs
 //! at the call), and worker configured (jobs wait for a worker, here started in-process).
@@ -15,8 +20,21 @@ use queue_diesel::{Shutdown, Worker, WorkerConfig};
 
 const CSV: &str = "Ada Lovelace,ada@example.org\nGrace Hopper,grace@example.org\nAlan Turing,alan@example.org\nEdsger Dijkstra,edsger@example.org\nBarbara Liskov,not-an-email\n";
 
+const USAGE: &str = "usage: partners [--database-url URL]\n\nRuns the demo on URL (a SQLite path or a postgres:// URL), by default on partners-demo.sqlite3 in\nthe current directory. DATABASE_URL is not used: the demo only touches a database named here.";
+
 fn main() -> ExitCode {
-    match demo() {
+    let url = match database_url(std::env::args().skip(1)) {
+        Ok(Some(url)) => url,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("{message}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match demo(&url) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let mut text = e.to_string();
@@ -31,8 +49,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn demo() -> Result<(), queue_diesel::Error> {
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "partners-demo.sqlite3".into());
+/// The database the command line names (`None` for `--help`).
+fn database_url(mut args: impl Iterator<Item = String>) -> Result<Option<String>, String> {
+    let mut url = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--database-url" => url = Some(args.next().ok_or("--database-url needs a value")?),
+            other => match other.strip_prefix("--database-url=") {
+                Some(value) => url = Some(value.to_owned()),
+                None => return Err(format!("unexpected argument {other:?}")),
+            },
+        }
+    }
+    Ok(Some(url.unwrap_or_else(|| "partners-demo.sqlite3".into())))
+}
+
+fn demo(url: &str) -> Result<(), queue_diesel::Error> {
+    let url = url.to_owned();
     reset(&url)?;
     println!("database: {url}\nexports go to {}/\n", export_dir().display());
 
@@ -153,18 +187,27 @@ fn print_jobs(db: &Database, when: &str) -> Result<(), queue_diesel::Error> {
     Ok(())
 }
 
-/// Start from empty tables and an empty export folder, whatever a previous run left.
+/// Start from empty tables and an empty export folder, whatever a previous run left; refuse a
+/// database with a `partners` table the demo did not create.
 fn reset(url: &str) -> Result<(), queue_diesel::Error> {
     let _ = std::fs::remove_dir_all(export_dir());
-    if queue_diesel::Backend::from_url(url)? == queue_diesel::Backend::Sqlite {
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{url}{suffix}"));
-        }
-        return Ok(());
-    }
-    let db = Database::builder(url).open()?;
+    let db = Database::builder(url).worker(true).migrate(false).pool_size(1).open()?;
     let mut conn = db.conn()?;
-    conn.batch("DROP TABLE IF EXISTS partners; DELETE FROM queue_job;").map_err(query)
+    let has = |conn: &mut queue_diesel::AnyConnection, table: &str| {
+        conn.batch(&format!("SELECT 1 FROM {table} WHERE 1 = 0")).is_ok()
+    };
+    if has(&mut conn, "partners") && !has(&mut conn, "partners_demo") {
+        return Err(queue_diesel::Error::Config(format!(
+            "{} has a `partners` table the demo did not create: give the demo another database (--database-url)",
+            queue_diesel::database::redact(url)
+        )));
+    }
+    drop(conn);
+    db.migrate()?;
+    let mut conn = db.conn()?;
+    // Only the demo's own tables and jobs go.
+    conn.batch("DROP TABLE IF EXISTS partners; DROP TABLE IF EXISTS partners_demo; DELETE FROM queue_job WHERE func LIKE 'res.partner.%'; CREATE TABLE partners_demo (created_by TEXT NOT NULL); INSERT INTO partners_demo VALUES ('the partners demo')")
+        .map_err(query)
 }
 
 fn query(e: diesel::result::Error) -> queue_diesel::Error {

@@ -1,3 +1,5 @@
+//! What the macros accept: every parameter form and option, and the builder they generate.
+
 use diesel::prelude::*;
 use queue_diesel::prelude::*;
 
@@ -35,7 +37,11 @@ impl Partner {
     pub fn later(_records: Vec<Partner>, _n: u32, _env: &Env) {}
 }
 
-fn main() {
+#[test]
+fn the_builder_takes_every_option() {
     let builder = Partner::queue().priority(1).eta(std::time::Duration::from_secs(60)).max_retries(0);
-    let _ = builder.channel("root.x").description("d").identity_key("k").options();
+    let options = builder.channel("root.x").description("d").identity_key("k").options().clone();
+    assert_eq!(options.priority, Some(1));
+    assert_eq!(options.max_retries, Some(0));
+    assert_eq!(options.channel.as_deref(), Some("root.x"));
 }
