@@ -5,7 +5,7 @@ use queue_diesel::prelude::*;
 
 diesel::table! { partners (id) { id -> BigInt, name -> Text } }
 
-#[derive(Queryable, Selectable, Model)]
+#[derive(Debug, Queryable, Selectable, Model)]
 #[diesel(table_name = partners)]
 #[queue(model = "res.partner")]
 pub struct Partner {
@@ -13,7 +13,7 @@ pub struct Partner {
     pub name: String,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Target {
     pub system: String,
 }

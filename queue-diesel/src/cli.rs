@@ -44,13 +44,29 @@ pub struct Cli {
 pub enum Command {
     /// Run jobs until SIGINT/SIGTERM.
     Run(RunArgs),
-    /// Create or update the queue's tables, then exit.
-    Migrate,
+    /// Create or update the queue's tables, then exit; or print them as SQL (--print).
+    Migrate(MigrateArgs),
     /// Look at jobs.
     #[command(subcommand)]
     Jobs(JobsCommand),
     /// List the job functions linked into this binary.
     Functions,
+}
+
+/// Options of `migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Print the queue's schema as SQL for the application's own migration folder (its up.sql)
+    /// instead of applying it; it records its steps, so the queue finds nothing left to do.
+    #[arg(long)]
+    pub print: bool,
+    /// With --print: the SQL that drops the queue's tables (the migration's down.sql).
+    #[arg(long, requires = "print")]
+    pub down: bool,
+    /// With --print: the backend to print for (sqlite or postgres), instead of the database
+    /// URL's. No database is opened.
+    #[arg(long, requires = "print", value_parser = ["sqlite", "postgres"])]
+    pub backend: Option<String>,
 }
 
 /// Options of `run`.
@@ -210,7 +226,16 @@ pub fn run(cli: Cli) -> Result<()> {
             worker.run(&shutdown)?;
             Ok(())
         }
-        Command::Migrate => {
+        Command::Migrate(args) if args.print => {
+            let backend = match args.backend.as_deref() {
+                Some("postgres") => crate::Backend::Postgres,
+                Some(_) => crate::Backend::Sqlite,
+                None => crate::Backend::from_url(&cli.database_url)?,
+            };
+            print!("{}", crate::store::schema::script(backend, !args.down));
+            Ok(())
+        }
+        Command::Migrate(_) => {
             let db = Database::builder(&cli.database_url).migrate(false).open()?;
             db.migrate()?;
             println!("queue schema is up to date ({})", db.url());

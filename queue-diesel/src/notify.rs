@@ -77,9 +77,10 @@ fn nap(total: Duration, stop: &AtomicBool) {
 pub const WATCH_TICK: Duration = Duration::from_millis(2);
 
 /// Start a thread that calls `wake` whenever another connection commits to the SQLite database
-/// at `path`, until `stop`.
+/// at `path`, until `stop`. `own_commits` counts the commits of the worker's own executors.
 pub(crate) fn spawn_sqlite_watcher<E: Send + 'static>(
     path: String,
+    own_commits: Arc<std::sync::atomic::AtomicU64>,
     events: Sender<E>,
     wake: fn() -> E,
     stop: Arc<AtomicBool>,
@@ -93,7 +94,7 @@ pub(crate) fn spawn_sqlite_watcher<E: Send + 'static>(
     std::thread::Builder::new().name("queue-watch".into()).spawn(move || {
         let mut conn: Option<diesel::SqliteConnection> = None;
         let mut last = None;
-        let own = || crate::connection::OWN_COMMITS.load(Ordering::Relaxed);
+        let own = || own_commits.load(Ordering::Relaxed);
         let mut last_own = own();
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(WATCH_TICK);

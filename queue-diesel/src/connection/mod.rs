@@ -1,7 +1,8 @@
 //! One connection type for every backend, chosen by URL at run time, and the transactions the
 //! queue opens on it (with the depth checks that keep a job from closing what it did not open).
 
-use std::cell::Cell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::pg::PgConnection;
@@ -171,18 +172,16 @@ pub(crate) fn poison(conn: &mut AnyConnection) {
     with_backend!(conn, c => AnsiTransactionManager::transaction_manager_status_mut(c).set_in_error());
 }
 
-/// Transactions the worker threads of this process committed (a SQLite watcher tells them from
-/// the commits of applications and other processes).
-pub(crate) static OWN_COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 thread_local! {
-    /// Set on the threads of a running worker: their commits count in [`OWN_COMMITS`].
-    static WORKER_THREAD: Cell<bool> = const { Cell::new(false) };
+    /// Set on the executor threads of a running worker: the count their commits go to, which
+    /// tells the worker's SQLite watcher their commits from those of applications and other
+    /// processes (and of other workers in this process).
+    static COMMITS: std::cell::RefCell<Option<Arc<AtomicU64>>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Count (or stop counting) this thread's commits as a worker's own.
-pub(crate) fn set_worker_thread(on: bool) {
-    WORKER_THREAD.with(|w| w.set(on));
+/// Count this thread's commits in `counter` (or stop counting them).
+pub(crate) fn count_commits_in(counter: Option<Arc<AtomicU64>>) {
+    COMMITS.with(|c| *c.borrow_mut() = counter);
 }
 
 /// Run `f` inside a transaction (or a savepoint) on `conn`: commit on `Ok`, roll back on `Err`
@@ -205,8 +204,8 @@ where
                 return Err(E::from(Error::TransactionDepth { expected: level, found }));
             }
             // Counted before the commit, so a watcher never sees the commit without the count.
-            if level == 1 && WORKER_THREAD.with(Cell::get) {
-                OWN_COMMITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if level == 1 {
+                COMMITS.with(|c| c.borrow().as_ref().map(|c| c.fetch_add(1, Ordering::SeqCst)));
             }
             match commit(conn) {
                 Ok(()) => Ok(value),

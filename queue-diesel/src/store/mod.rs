@@ -14,6 +14,7 @@ mod finish;
 mod jobs;
 mod postgres;
 mod rows;
+pub mod schema;
 mod sql;
 mod sqlite;
 

@@ -5,13 +5,10 @@ use diesel::connection::SimpleConnection;
 use diesel::pg::{Pg, PgConnection};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text, Timestamp};
-use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use super::sql::{Prepared, Sql};
 use super::{NOTIFY_CHANNEL, SETTLE_LOCK, Session, channel_key};
 use crate::error::{Error, Result};
-
-const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
 /// Key of the advisory lock that serialises migrations of concurrent workers.
 const MIGRATION_LOCK: i64 = 0x7175_6575_655f_6d69; // "queue_mi"
@@ -73,7 +70,13 @@ pub(super) fn schema_migrate(c: &mut PgConnection) -> Result<()> {
         .bind::<BigInt, _>(MIGRATION_LOCK)
         .execute(c)
         .map_err(Error::query("lock the schema for migration"))?;
-    let outcome = c.run_pending_migrations(MIGRATIONS).map(|_| ()).map_err(Error::Migration);
+    let outcome = super::schema::migrate(c, crate::Backend::Postgres, |c| {
+        let rows: Vec<super::rows::Version> =
+            diesel::sql_query("SELECT version FROM queue_schema_migrations")
+                .load(c)
+                .map_err(Error::query("read the queue's schema version"))?;
+        Ok(rows.into_iter().map(|r| r.version).collect())
+    });
     diesel::sql_query("SELECT pg_advisory_unlock($1)")
         .bind::<BigInt, _>(MIGRATION_LOCK)
         .execute(c)

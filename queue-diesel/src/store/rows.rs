@@ -221,3 +221,10 @@ pub(super) fn encode<T: serde::Serialize + ?Sized>(value: &T, what: &str) -> Res
     serde_json::to_string(value)
         .map_err(|source| queue_core::Error::Encode { what: what.to_owned(), source }.into())
 }
+
+/// One applied step of the queue's schema.
+#[derive(Debug, QueryableByName)]
+pub(super) struct Version {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub version: String,
+}

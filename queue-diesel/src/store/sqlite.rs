@@ -5,14 +5,11 @@
 
 use diesel::prelude::*;
 use diesel::sqlite::{Sqlite, SqliteConnection};
-use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use libsqlite3_sys as ffi;
 
 use super::Session;
 use super::sql::{Prepared, Sql};
 use crate::error::{Error, Result};
-
-const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
 /// Run a statement built as text (prepared once per connection) and load its rows.
 pub(super) fn load<T: QueryableByName<Sqlite> + 'static>(
@@ -22,8 +19,17 @@ pub(super) fn load<T: QueryableByName<Sqlite> + 'static>(
     Prepared(sql).load(c)
 }
 
+/// Apply the schema's pending steps under the write lock, taken at once: a second process
+/// opening the same file waits, then finds nothing to do.
 pub(super) fn schema_migrate(c: &mut SqliteConnection) -> Result<()> {
-    c.run_pending_migrations(MIGRATIONS).map(|_| ()).map_err(Error::Migration)
+    c.immediate_transaction(|c| super::schema::migrate(c, crate::Backend::Sqlite, applied_steps))
+}
+
+fn applied_steps(c: &mut SqliteConnection) -> Result<Vec<String>> {
+    let rows: Vec<super::rows::Version> = diesel::sql_query("SELECT version FROM queue_schema_migrations")
+        .load(c)
+        .map_err(Error::query("read the queue's schema version"))?;
+    Ok(rows.into_iter().map(|r| r.version).collect())
 }
 
 thread_local! {

@@ -338,6 +338,7 @@ impl Worker {
             events: events_tx.clone(),
             record: Some(record),
             started: 0,
+            commits: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
         for _ in 0..capacity {
             executors.spawn()?;
@@ -359,6 +360,7 @@ impl Worker {
                 ),
                 Some(path) => crate::notify::spawn_sqlite_watcher(
                     path,
+                    Arc::clone(&executors.commits),
                     events_tx.clone(),
                     || Event::Wake,
                     Arc::clone(&stop_listener),
