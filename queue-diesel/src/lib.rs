@@ -115,3 +115,8 @@ pub mod __private {
     pub use queue_core::{Eta, JobResult};
     pub use serde_json::{Map, Value};
 }
+
+/// The README's examples, compiled with the doc tests (fragments are marked `ignore`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;

@@ -91,3 +91,20 @@ fn bad_configuration_is_refused_with_the_bad_token() {
     assert!(err.contains("MySQL/MariaDB is not supported yet"), "{err}");
     assert!(!err.contains(":pw@"), "password hidden: {err}");
 }
+
+#[test]
+fn migrate_print_gives_the_schema_for_the_applications_migrations() {
+    let db = temp_db("print");
+    let (ok, up, err) = queue_worker(&db, &["migrate", "--print", "--backend", "postgres"]);
+    assert!(ok, "{err}");
+    assert!(up.contains("CREATE TABLE IF NOT EXISTS queue_schema_migrations"), "{up}");
+    assert!(up.contains("BIGSERIAL"), "PostgreSQL's SQL: {up}");
+    let (ok, down, _) = queue_worker(&db, &["migrate", "--print", "--down"]);
+    assert!(ok);
+    assert!(down.contains("DROP TABLE queue_job;"), "{down}");
+    // Printing opens no database.
+    assert!(!std::path::Path::new(&db).exists());
+    let (ok, _, err) = queue_worker(&db, &["migrate", "--down"]);
+    assert!(!ok);
+    assert!(err.contains("--print"), "{err}");
+}

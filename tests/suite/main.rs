@@ -6,6 +6,7 @@ mod connections;
 mod crash;
 mod dependencies;
 mod isolation;
+mod migrations;
 mod modes;
 mod operator;
 mod options;
