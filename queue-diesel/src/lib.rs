@@ -60,7 +60,7 @@
 //!
 //! | feature | default | what |
 //! |---|---|---|
-//! | `bundled` | yes | build SQLite and libpq from source: no system library needed |
+//! | `bundled` | yes | build SQLite, libpq and OpenSSL (TLS to PostgreSQL) from source: no system library needed |
 #![deny(missing_docs)]
 
 pub mod cli;

@@ -15,4 +15,5 @@ mod rescue;
 mod store;
 mod testing;
 mod timeouts;
+mod tls;
 mod worker;
