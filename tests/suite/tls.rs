@@ -16,7 +16,7 @@ struct TlsDb {
 
 impl TlsDb {
     fn new(tag: &str) -> TlsDb {
-        let server = option_env!("QUEUE_TEST_POSTGRES_TLS_URL").expect("set at build time");
+        let server = option_env!("QUEUE_TEST_POSTGRES_TLS_URL").unwrap_or_default();
         let base = server.rsplit_once('/').map_or(server, |(base, _)| base).to_owned();
         let name = format!("queue_tls_{tag}_{}", std::process::id());
         let mut admin =
@@ -73,7 +73,7 @@ fn queue_and_run_over(url: &str) {
 }
 
 fn ca() -> &'static str {
-    option_env!("QUEUE_TEST_POSTGRES_TLS_CA").expect("set at build time")
+    option_env!("QUEUE_TEST_POSTGRES_TLS_CA").unwrap_or_default()
 }
 
 #[test]
