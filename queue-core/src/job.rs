@@ -94,6 +94,8 @@ pub struct Job {
     pub priority: i32,
     /// Not before this.
     pub eta: Option<DateTime<Utc>>,
+    /// Deadline: it runs before jobs of its priority that are due later.
+    pub expected_at: Option<DateTime<Utc>>,
     /// Channel name.
     pub channel: String,
     /// Identity key, if any.
@@ -114,6 +116,8 @@ pub struct Job {
     pub exc_info: Option<String>,
     /// When the job was queued.
     pub date_created: DateTime<Utc>,
+    /// When it became claimable last (queued, or due again after a retry).
+    pub date_enqueued: Option<DateTime<Utc>>,
     /// When a worker took it last.
     pub date_started: Option<DateTime<Utc>>,
     /// When it reached done, failed or cancelled.

@@ -18,7 +18,6 @@ use crate::transaction::{self, Env};
 pub const DEFAULT_DATABASE_URL: &str = "queue.sqlite3";
 /// Connections kept by the pool when nothing else is configured.
 pub const DEFAULT_POOL_SIZE: u32 = 10;
-pub use crate::store::SQLITE_BUSY_TIMEOUT;
 
 /// A pooled connection of the queue.
 pub type PooledConn = PooledConnection<Manager>;

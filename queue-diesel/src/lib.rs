@@ -42,17 +42,22 @@
 //!
 //! ## Where things are
 //!
+//! The public surface is what the crate root re-exports, plus [`cli`], [`testing`] and
+//! [`migrations`]. Inside, imports run one way: connection → store → database → running a job →
+//! worker, maintenance, CLI.
+//!
 //! | room | what |
 //! |---|---|
-//! | [`database`] | open a pool from a URL (SQLite default), migrate, settings |
-//! | [`transaction`] | the ambient transaction and its [`Env`] |
-//! | [`delay`] | what a queued call does |
-//! | [`function`] | the registry of job functions and how one is called |
-//! | [`store`] | the storage seam: every SQL statement of the queue |
-//! | `run` (private) | running a job, the one way every path uses: batches, jobs run alone |
-//! | [`worker`] | claim under channel capacities, hand out work, watch it, shut down |
-//! | [`liveness`] | how a worker shows it is alive and records what it runs, without writes |
-//! | [`maintenance`] | rescue of jobs whose worker is gone, pruning of old jobs |
+//! | `connection` | [`AnyConnection`], the connection types jobs may ask for, transactions |
+//! | `store` | the storage seam: every SQL statement of the queue, one driver per backend |
+//! | `database` | [`Database`]: open a pool from a URL (SQLite default), migrate, settings |
+//! | `transaction` | the ambient transaction and its [`Env`] |
+//! | `delay` | what a queued call does |
+//! | `function` | the registry of job functions and how one is called |
+//! | `run` | running a job, the one way every path uses: batches, jobs run alone |
+//! | `worker` | [`Worker`]: claim under channel capacities, hand out work, watch it, shut down |
+//! | `liveness` | how a worker shows it is alive and records what it runs, without writes |
+//! | `maintenance` | rescue of jobs whose worker is gone, pruning of old jobs |
 //! | [`cli`] | the `queue-worker` command, reusable in an application's own worker binary |
 //! | [`testing`] | trap, assert and perform queued jobs in an application's tests |
 //!
@@ -61,39 +66,54 @@
 //! | feature | default | what |
 //! |---|---|---|
 //! | `bundled` | yes | build SQLite, libpq and OpenSSL (TLS to PostgreSQL) from source: no system library needed |
+//! | `internals` | no | the storage, liveness and maintenance internals, for this project's own tests and benchmark; not a stable API |
 #![deny(missing_docs)]
 
-pub mod cli;
-pub mod connection;
-pub mod database;
-pub mod delay;
-mod error;
-pub mod function;
-pub mod liveness;
-pub mod maintenance;
-pub mod model;
-pub mod notify;
-mod run;
-pub mod schema;
-pub mod store;
-pub mod testing;
-pub mod transaction;
-pub mod worker;
+/// A module that is private, or public but hidden with the `internals` feature (for the
+/// project's own tests and benchmark).
+macro_rules! internal {
+    ($($name:ident),* $(,)?) => {$(
+        #[cfg(feature = "internals")]
+        #[doc(hidden)]
+        pub mod $name;
+        #[cfg(not(feature = "internals"))]
+        mod $name;
+    )*};
+}
 
-pub use connection::{AnyConnection, AsJobConnection, Backend, JobConnection};
-pub use database::{Database, DatabaseBuilder};
+pub mod cli;
+mod connection;
+mod delay;
+mod error;
+mod function;
+mod model;
+mod notify;
+mod run;
+pub mod testing;
+mod transaction;
+internal!(database, liveness, maintenance, schema, store, worker);
+
+/// The queue's schema as SQL, for applications that keep it in their own migrations (see
+/// `queue-worker migrate --print`).
+pub mod migrations {
+    pub use crate::store::schema::{Step, script, steps};
+}
+
+pub use connection::{AnyConnection, AsJobConnection, Backend, JobConnection, MultiBackend};
+pub use database::{Database, DatabaseBuilder, PooledConn};
 pub use delay::{JobHandle, bulk};
 pub use error::{Error, Result};
 pub use function::{JobFunction, registry};
+pub use maintenance::Retention;
 pub use model::{LoadRecords, Model, NoRecords, Records};
 pub use queue_core::{
     self as core, ChannelConfig, Clock, Context, Eta, Job, JobError, JobId, JobOptions, JobResult, JobState,
     MockClock, OperatorAction, SystemClock,
 };
 pub use queue_derive::{Model, queueable};
-pub use store::Conflict;
-pub use transaction::{ConnGuard, Env, current_env, with_env};
-pub use worker::{Shutdown, Worker, WorkerConfig};
+pub use store::{Conflict, ListParams, sqlstate};
+pub use transaction::{ConnGuard, Env, current_env, in_transaction, with_env};
+pub use worker::{Shutdown, Worker, WorkerConfig, WorkerStats};
 
 /// What an application module needs: `use queue_diesel::prelude::*;`.
 pub mod prelude {

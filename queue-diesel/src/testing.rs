@@ -55,6 +55,7 @@ pub struct JobsTrap {
 
 /// What performing a trapped job gave.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Performed {
     /// The trapped job.
     pub job: NewJob,

@@ -49,11 +49,12 @@ fn claim(conn: &mut queue_diesel::AnyConnection, limit: i64, channel: Option<&Ch
             ignore_eta: false,
         })
         .expect("claim");
-    let mut rows = rows;
-    rows.sort_by_key(|r| (r.priority, r.id));
-    rows.iter()
-        .map(|r| conn.job_get(&r.uuid.parse().expect("uuid")).expect("get").expect("exists").channel)
-        .collect()
+    let mut jobs: Vec<_> = rows
+        .iter()
+        .map(|r| conn.job_get(&r.uuid.parse().expect("uuid")).expect("get").expect("exists"))
+        .collect();
+    jobs.sort_by_key(|j| (j.priority, j.id));
+    jobs.into_iter().map(|j| j.channel).collect()
 }
 
 fn claim_takes_due_jobs_by_priority_then_age(t: TestDb) {

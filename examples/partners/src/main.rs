@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use diesel::prelude::*;
 use partners::{Partner, export_dir, partners as table};
+use queue_diesel::ListParams;
 use queue_diesel::prelude::*;
-use queue_diesel::store::ListParams;
 use queue_diesel::{Shutdown, Worker, WorkerConfig};
 
 const CSV: &str = "Ada Lovelace,ada@example.org\nGrace Hopper,grace@example.org\nAlan Turing,alan@example.org\nEdsger Dijkstra,edsger@example.org\nBarbara Liskov,not-an-email\n";
@@ -199,7 +199,7 @@ fn reset(url: &str) -> Result<(), queue_diesel::Error> {
     if has(&mut conn, "partners") && !has(&mut conn, "partners_demo") {
         return Err(queue_diesel::Error::Config(format!(
             "{} has a `partners` table the demo did not create: give the demo another database (--database-url)",
-            queue_diesel::database::redact(url)
+            db.url()
         )));
     }
     drop(conn);

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use partners::{Partner, partners as table};
 use queue_diesel::JobState;
+use queue_diesel::ListParams;
 use queue_diesel::prelude::*;
-use queue_diesel::store::ListParams;
 
 fn temp_path(name: &str) -> String {
     let path = std::env::temp_dir().join(format!("partners-{name}-{}.sqlite3", std::process::id()));

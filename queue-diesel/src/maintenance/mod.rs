@@ -5,4 +5,4 @@ pub mod pruner;
 pub mod rescuer;
 
 pub use pruner::{Pruner, Retention};
-pub use rescuer::{RescueStats, Rescuer};
+pub use rescuer::Rescuer;

@@ -23,7 +23,7 @@ use diesel::QueryableByName;
 use queue_core::{Job, JobId, JobState, NewJob, Settlement, Tries};
 
 pub use conflict::{Conflict, sqlstate};
-pub use rows::{JobRow, RunRow};
+pub use rows::RunRow;
 
 use crate::connection::{AnyConnection, Backend};
 use crate::error::{Error, Result};
@@ -144,7 +144,7 @@ pub struct RescueParams<'a> {
     pub dead_workers: Option<&'a [String]>,
 }
 
-/// What [`Store::job_list`] takes.
+/// What [`Database::jobs`](crate::Database::jobs) takes: filters and a limit.
 #[derive(Debug, Clone, Default)]
 pub struct ListParams {
     /// Only jobs in this state.
@@ -231,9 +231,6 @@ pub trait Store {
     fn job_count_by_state(&mut self) -> Result<Vec<(JobState, i64)>>;
     /// One job by uuid.
     fn job_get(&mut self, uuid: &JobId) -> Result<Option<Job>>;
-    /// After a job became `done` or `cancelled`: release the children whose parents are now all
-    /// done, or cancel the waiting descendants of a cancelled job. Returns how many changed.
-    fn job_dependents_settle(&mut self, parent_id: i64, parent_state: JobState) -> Result<usize>;
     /// Insert new jobs: `pending`, or `wait_dependencies` for a job whose parents are not all done
     /// (a job whose parent was cancelled is inserted `cancelled`).
     fn job_insert_many(&mut self, jobs: &[NewJob]) -> Result<()>;
@@ -383,10 +380,6 @@ impl Store for AnyConnection {
 
     fn job_get(&mut self, uuid: &JobId) -> Result<Option<Job>> {
         jobs::get(self, uuid)
-    }
-
-    fn job_dependents_settle(&mut self, parent_id: i64, parent_state: JobState) -> Result<usize> {
-        finish::dependents_settle(self, parent_id, parent_state)
     }
 
     fn job_insert_many(&mut self, new: &[NewJob]) -> Result<()> {

@@ -39,6 +39,7 @@ pub struct JobRow {
     pub date_done: Option<NaiveDateTime>,
     pub worker_id: Option<String>,
     pub lease_token: Option<String>,
+    #[allow(dead_code, reason = "part of the row; only the queue's SQL reads it")]
     pub has_dependents: bool,
     pub isolation: i32,
     pub interruptions: i32,
@@ -119,6 +120,7 @@ impl JobRow {
             context,
             priority: self.priority,
             eta: self.eta.map(|t| t.and_utc()),
+            expected_at: self.expected_at.map(|t| t.and_utc()),
             channel: self.channel.clone(),
             identity_key: self.identity_key.clone(),
             attempts: self.attempts,
@@ -129,6 +131,7 @@ impl JobRow {
             exc_message: self.exc_message.clone(),
             exc_info: self.exc_info.clone(),
             date_created: self.date_created.and_utc(),
+            date_enqueued: self.date_enqueued.map(|t| t.and_utc()),
             date_started: self.date_started.map(|t| t.and_utc()),
             date_done: self.date_done.map(|t| t.and_utc()),
             worker_id: self.worker_id.clone(),
@@ -151,7 +154,6 @@ pub struct RunRow {
     pub args: String,
     pub context: String,
     pub user_id: Option<i64>,
-    pub priority: i32,
     pub attempts: i32,
     pub max_retries: i32,
     pub interruptions: i32,
@@ -161,7 +163,7 @@ pub struct RunRow {
 
 impl RunRow {
     /// The columns, for a claim's `SELECT` or `RETURNING`.
-    pub(crate) const COLUMNS: &'static str = "id, uuid, func, record_ids, args, context, user_id, priority, \
+    pub(crate) const COLUMNS: &'static str = "id, uuid, func, record_ids, args, context, user_id, \
          attempts, max_retries, interruptions, identity_key, isolation";
 
     /// Decode what running the job needs: uuid, record ids, arguments, context.

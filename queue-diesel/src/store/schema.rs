@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 
 /// One step of the schema.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct Step {
     /// `2026-11-25-000001_create_queue_job`: the folder's name, which orders the steps.
     pub name: &'static str,

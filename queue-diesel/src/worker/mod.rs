@@ -34,6 +34,8 @@ use crate::maintenance::rescuer::{DEFAULT_RESCUE_GRACE, DEFAULT_RESCUE_INTERVAL}
 use dispatch::{Dispatch, Mode};
 use executors::{Event, Executors};
 
+/// How long a job may run in a batch before its function's jobs run alone.
+#[cfg(feature = "internals")]
 pub use crate::run::batch::LONG_RUN;
 
 /// How often an idle worker looks for due jobs when nothing woke it (PostgreSQL).
@@ -228,6 +230,7 @@ impl Shutdown {
 
 /// Counts of what a worker did, returned when it stops.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WorkerStats {
     /// Jobs claimed.
     pub claimed: u64,
