@@ -482,3 +482,35 @@ pub fn create_chaos_tables(db: &Database) -> Result<(), queue_diesel::Error> {
         .execute(&mut *conn)?;
     Ok(())
 }
+
+/// Pending once (after asking to be polled again): the executor parks and is woken.
+pub async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await;
+}
+
+#[queueable]
+impl Partner {
+    /// Export after awaiting, then fail after writing when asked.
+    pub async fn export_later(records: Vec<Partner>, env: &Env, fail: bool) -> JobResult<String> {
+        yield_once().await;
+        for p in &records {
+            diesel::update(partners::table.find(p.id))
+                .set(partners::exports.eq(partners::exports + 1))
+                .execute(&mut *env.conn())?;
+        }
+        yield_once().await;
+        if fail {
+            return Err(JobError::failed("AsyncError", "failed after writing"));
+        }
+        Ok(format!("{} exported on try {}", records.len(), env.attempt()))
+    }
+}

@@ -191,6 +191,11 @@ pub fn queueable(q: &Queueable) -> TokenStream {
                 }
             }
         }
+        let call = if method.is_async {
+            quote!(__q::block_on(#self_ty::#name(records, #(#call_args),*)))
+        } else {
+            quote!(#self_ty::#name(records, #(#call_args),*))
+        };
         let doc = format!(
             "Queue a call of [`{self_ty}::{method_name}`] on `records`: stored as a job in the current transaction, run later by a worker."
         );
@@ -215,7 +220,7 @@ pub fn queueable(q: &Queueable) -> TokenStream {
                 let env = __q::typed_env::<#conn>(env, inv)?;
                 let records = __q::load_records::<#self_ty, #conn>(env, inv)?;
                 #(#decode)*
-                __q::JobReturn::into_outcome(#self_ty::#name(records, #(#call_args),*))
+                __q::JobReturn::into_outcome(#call)
             }
 
             impl #builder {

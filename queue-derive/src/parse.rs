@@ -172,6 +172,8 @@ pub struct Method {
     pub params: Vec<Param>,
     /// The connection type of `env: &Env<C>`; `None` for `&Env` (the queue's `AnyConnection`).
     pub conn: Option<Type>,
+    /// `async fn`: the worker drives its future on the executor's thread.
+    pub is_async: bool,
     pub job: JobAttr,
     pub doc: Option<String>,
 }
@@ -433,9 +435,6 @@ pub fn queueable(args: TokenStream, mut item: ItemImpl) -> (ItemImpl, syn::Resul
                 "a queueable method cannot be generic: its call is stored and replayed",
             );
         }
-        if sig.asyncness.is_some() {
-            errors.push(sig.asyncness.span(), "a queueable method cannot be async");
-        }
         let mut inputs = sig.inputs.iter();
         match inputs.next() {
             Some(FnArg::Typed(first)) if is_records(&first.ty, &self_ty) => {}
@@ -489,6 +488,7 @@ pub fn queueable(args: TokenStream, mut item: ItemImpl) -> (ItemImpl, syn::Resul
             vis: f.vis.clone(),
             params,
             conn,
+            is_async: sig.asyncness.is_some(),
             job,
             doc: first_doc_line(&f.attrs),
         });

@@ -66,6 +66,7 @@
 //! | feature | default | what |
 //! |---|---|---|
 //! | `bundled` | yes | build SQLite, libpq and OpenSSL (TLS to PostgreSQL) from source: no system library needed |
+//! | `tokio` | no | async job methods run inside a Tokio runtime; `Database::spawn_transaction` for async handlers |
 //! | `internals` | no | the storage, liveness and maintenance internals, for this project's own tests and benchmark; not a stable API |
 #![deny(missing_docs)]
 
@@ -81,6 +82,7 @@ macro_rules! internal {
     )*};
 }
 
+pub mod asynchronous;
 pub mod cli;
 mod connection;
 mod delay;
@@ -123,6 +125,7 @@ pub mod prelude {
 /// Used by the code the macros generate; not a public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::asynchronous::block_on;
     pub use crate::delay::enqueue;
     pub use crate::function::{
         Invocation, JobFunction, JobReturn, Registration, arg, encode_arg, load_records, typed_env,

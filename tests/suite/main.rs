@@ -1,6 +1,7 @@
 //! The integration suite: every test runs on SQLite and, when `QUEUE_TEST_POSTGRES_URL` is set,
 //! on PostgreSQL.
 
+mod asynchronous;
 mod channels;
 mod connections;
 mod crash;
