@@ -65,9 +65,15 @@
 //!
 //! | feature | default | what |
 //! |---|---|---|
-//! | `bundled` | yes | build SQLite, libpq and OpenSSL (TLS to PostgreSQL) from source: no system library needed |
+//! | `sqlite` | yes | SQLite, through Diesel's `SqliteConnection` |
+//! | `postgres` | yes | PostgreSQL, through Diesel's `PgConnection` (libpq) |
+//! | `bundled` | yes | build SQLite, and with `postgres` libpq and OpenSSL (TLS), from source: no system library needed |
+//! | `cli` | yes | the `queue-worker` command line ([`cli`]); brings `sqlite` |
 //! | `tokio` | no | async job methods run inside a Tokio runtime; `Database::spawn_transaction` for async handlers |
 //! | `internals` | no | the storage, liveness and maintenance internals, for this project's own tests and benchmark; not a stable API |
+//!
+//! Without `bundled`, `sqlite` links the system's SQLite and `postgres` the system's libpq (with
+//! its own TLS). A URL of a backend left out of the build is refused with the feature to enable.
 #![deny(missing_docs)]
 
 /// A module that is private, or public but hidden with the `internals` feature (for the
@@ -83,6 +89,7 @@ macro_rules! internal {
 }
 
 pub mod asynchronous;
+#[cfg(feature = "cli")]
 pub mod cli;
 mod connection;
 mod delay;

@@ -2,7 +2,9 @@
 //! on both backends), or the concrete `PgConnection` and `SqliteConnection` of an application
 //! written for one backend, whose job bodies then use that backend's own Diesel features.
 
+#[cfg(feature = "postgres")]
 use diesel::pg::PgConnection;
+#[cfg(feature = "sqlite")]
 use diesel::sqlite::SqliteConnection;
 
 use super::{AnyConnection, Backend};
@@ -10,7 +12,9 @@ use super::{AnyConnection, Backend};
 mod sealed {
     pub trait Sealed {}
     impl Sealed for super::AnyConnection {}
+    #[cfg(feature = "postgres")]
     impl Sealed for super::PgConnection {}
+    #[cfg(feature = "sqlite")]
     impl Sealed for super::SqliteConnection {}
 }
 
@@ -55,13 +59,16 @@ impl JobConnection for AnyConnection {
     }
 }
 
+#[cfg(feature = "postgres")]
 impl JobConnection for PgConnection {
     const BACKENDS: &'static [Backend] = &[Backend::Postgres];
     const NAME: &'static str = "PgConnection";
 
     fn view(any: &mut AnyConnection) -> Option<&mut Self> {
         match any {
+            #[cfg(feature = "postgres")]
             AnyConnection::Postgres(c) => Some(c),
+            #[cfg(feature = "sqlite")]
             AnyConnection::Sqlite(_) => None,
         }
     }
@@ -71,7 +78,9 @@ impl JobConnection for PgConnection {
             self,
             AnyConnection::Postgres,
             |any| match any {
+                #[cfg(feature = "postgres")]
                 AnyConnection::Postgres(c) => Ok(c),
+                #[allow(unreachable_patterns, reason = "the only variant without the other backend")]
                 other => Err(other),
             },
             f,
@@ -79,13 +88,16 @@ impl JobConnection for PgConnection {
     }
 }
 
+#[cfg(feature = "sqlite")]
 impl JobConnection for SqliteConnection {
     const BACKENDS: &'static [Backend] = &[Backend::Sqlite];
     const NAME: &'static str = "SqliteConnection";
 
     fn view(any: &mut AnyConnection) -> Option<&mut Self> {
         match any {
+            #[cfg(feature = "sqlite")]
             AnyConnection::Sqlite(c) => Some(c),
+            #[cfg(feature = "postgres")]
             AnyConnection::Postgres(_) => None,
         }
     }
@@ -95,7 +107,9 @@ impl JobConnection for SqliteConnection {
             self,
             AnyConnection::Sqlite,
             |any| match any {
+                #[cfg(feature = "sqlite")]
                 AnyConnection::Sqlite(c) => Ok(c),
+                #[allow(unreachable_patterns, reason = "the only variant without the other backend")]
                 other => Err(other),
             },
             f,

@@ -5,10 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+#[cfg(feature = "postgres")]
 use diesel::pg::PgConnection;
+#[cfg(feature = "sqlite")]
+use diesel::sqlite::SqliteConnection;
 
 use crate::error::Error;
-use diesel::sqlite::SqliteConnection;
+
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+compile_error!("queue-diesel needs a backend: enable its `sqlite` or `postgres` feature (or both)");
 
 pub use kind::{AsJobConnection, JobConnection};
 pub use multi::{AnyConnection, MultiBackend};
@@ -18,15 +23,20 @@ mod kind;
 /// Diesel's derive emits helper types (the `MultiBackend` and its value types) without docs.
 mod multi {
     #![allow(missing_docs, missing_debug_implementations)]
-    use super::{PgConnection, SqliteConnection};
+    #[cfg(feature = "postgres")]
+    use super::PgConnection;
+    #[cfg(feature = "sqlite")]
+    use super::SqliteConnection;
 
     /// A connection to SQLite or PostgreSQL. Application queries written against it run on
     /// either backend; the queue matches the variant where the SQL differs (claims, notifications).
     #[derive(diesel::MultiConnection)]
     pub enum AnyConnection {
         /// An embedded SQLite database file.
+        #[cfg(feature = "sqlite")]
         Sqlite(SqliteConnection),
         /// A PostgreSQL server.
+        #[cfg(feature = "postgres")]
         Postgres(PgConnection),
     }
 }
@@ -34,7 +44,9 @@ mod multi {
 impl std::fmt::Debug for AnyConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            #[cfg(feature = "sqlite")]
             AnyConnection::Sqlite(_) => "AnyConnection::Sqlite",
+            #[cfg(feature = "postgres")]
             AnyConnection::Postgres(_) => "AnyConnection::Postgres",
         })
     }
@@ -106,7 +118,9 @@ impl AnyConnection {
     /// Which backend this connection talks to.
     pub fn backend(&self) -> Backend {
         match self {
+            #[cfg(feature = "sqlite")]
             AnyConnection::Sqlite(_) => Backend::Sqlite,
+            #[cfg(feature = "postgres")]
             AnyConnection::Postgres(_) => Backend::Postgres,
         }
     }
@@ -114,7 +128,9 @@ impl AnyConnection {
     /// Run one or more SQL statements with no result.
     pub fn batch(&mut self, sql: &str) -> diesel::QueryResult<()> {
         match self {
+            #[cfg(feature = "sqlite")]
             AnyConnection::Sqlite(c) => c.batch_execute(sql),
+            #[cfg(feature = "postgres")]
             AnyConnection::Postgres(c) => c.batch_execute(sql),
         }
     }
@@ -125,7 +141,9 @@ impl AnyConnection {
 macro_rules! with_backend {
     ($conn:expr, $c:ident => $body:expr) => {
         match $conn {
+            #[cfg(feature = "sqlite")]
             $crate::connection::AnyConnection::Sqlite($c) => $body,
+            #[cfg(feature = "postgres")]
             $crate::connection::AnyConnection::Postgres($c) => $body,
         }
     };

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "postgres")]
 use diesel::RunQueryDsl;
 use queue_core::JobState;
 
@@ -26,6 +27,7 @@ const CHUNK: i64 = 5_000;
 /// jobs in between.
 const MAX_PER_PASS: usize = 20_000;
 /// Advisory lock that lets one PostgreSQL worker prune at a time.
+#[cfg(feature = "postgres")]
 const PRUNE_LOCK: i64 = 0x7175_6575_655f_7072; // "queue_pr"
 
 /// How long finished jobs are kept; `None` keeps them forever.
@@ -106,6 +108,8 @@ impl Pruner {
 /// Delete one chunk in its own transaction; `None` when another PostgreSQL session is pruning.
 fn prune_chunk(conn: &mut AnyConnection, params: &PruneParams<'_>) -> Result<Option<usize>> {
     in_transaction_on::<_, Error>(conn, |conn| {
+        #[cfg(feature = "postgres")]
+        #[allow(irrefutable_let_patterns, reason = "the only variant without the sqlite feature")]
         if let AnyConnection::Postgres(c) = conn {
             #[derive(diesel::QueryableByName)]
             struct Got {

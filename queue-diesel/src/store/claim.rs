@@ -7,7 +7,9 @@ use queue_core::JobState;
 
 use super::rows::{HeadRow, RunRow};
 use super::sql::Sql;
-use super::{ClaimParams, channel_key};
+use super::ClaimParams;
+#[cfg(feature = "postgres")]
+use super::channel_key;
 use crate::connection::{AnyConnection, in_transaction_on, with_backend};
 use crate::error::{Error, Result};
 use crate::schema::queue_job;
@@ -44,6 +46,8 @@ pub(super) fn sequential(conn: &mut AnyConnection, p: &ClaimParams<'_>) -> Resul
         return Ok(Vec::new());
     }
     in_transaction_on::<_, Error>(conn, |conn| {
+        #[cfg(feature = "postgres")]
+        #[allow(irrefutable_let_patterns, reason = "the only variant without the sqlite feature")]
         if let AnyConnection::Postgres(c) = conn {
             // One sequential claim per channel at a time, across all workers.
             diesel::sql_query("SELECT pg_advisory_xact_lock($1, -1)")
@@ -76,6 +80,8 @@ pub(super) fn sequential(conn: &mut AnyConnection, p: &ClaimParams<'_>) -> Resul
         if chosen.is_empty() {
             return Ok(Vec::new());
         }
+        #[cfg(feature = "postgres")]
+        #[allow(irrefutable_let_patterns, reason = "the only variant without the sqlite feature")]
         if let AnyConnection::Postgres(c) = conn {
             // A head row locked by another transaction (an operator's change) must not be
             // skipped: what follows it would run out of order.

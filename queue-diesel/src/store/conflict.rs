@@ -5,6 +5,7 @@
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
+#[cfg(feature = "postgres")]
 use super::postgres;
 
 /// A database error caused by other sessions or by the server, not by the job that met it.
@@ -48,7 +49,7 @@ impl Conflict {
                 Some(Conflict::SerializationFailure)
             }
             DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => Some(Conflict::SessionLost),
-            DieselError::DatabaseError(_, info) => match postgres::sqlstate(info.as_ref()).as_deref() {
+            DieselError::DatabaseError(_, info) => match code_of(info.as_ref()).as_deref() {
                 Some("40P01") => Some(Conflict::Deadlock),
                 Some("40001") => Some(Conflict::SerializationFailure),
                 Some("55P03") => Some(Conflict::LockNotAvailable),
@@ -85,7 +86,18 @@ impl Conflict {
 /// `None` for an error of another backend, or one whose code could not be read.
 pub fn sqlstate(error: &DieselError) -> Option<String> {
     match error {
-        DieselError::DatabaseError(_, info) => postgres::sqlstate(info.as_ref()),
+        DieselError::DatabaseError(_, info) => code_of(info.as_ref()),
         _ => None,
+    }
+}
+
+/// The SQLSTATE in an error's details, when the error is PostgreSQL's.
+fn code_of(info: &(dyn diesel::result::DatabaseErrorInformation + Send + Sync + 'static)) -> Option<String> {
+    #[cfg(feature = "postgres")]
+    return postgres::sqlstate(info);
+    #[cfg(not(feature = "postgres"))]
+    {
+        let _ = info;
+        None
     }
 }

@@ -83,6 +83,8 @@ pub(super) fn dependents_settle(
                 // Lock the child first: two parents finishing at once then count one after
                 // the other, the second seeing the first's commit (a fresh snapshot per
                 // statement under READ COMMITTED). SQLite has one writer anyway.
+                #[cfg(feature = "postgres")]
+                #[allow(irrefutable_let_patterns, reason = "the only variant without the sqlite feature")]
                 if let AnyConnection::Postgres(c) = &mut *conn {
                     dsl::queue_job
                         .filter(dsl::id.eq(child))
@@ -165,7 +167,9 @@ pub(super) fn lock_running(conn: &mut AnyConnection, id: i64, lease_token: &str)
         .filter(dsl::state.eq(JobState::Started.as_str()))
         .select(dsl::id);
     match conn {
+        #[cfg(feature = "sqlite")]
         AnyConnection::Sqlite(c) => target.first::<i64>(c).optional(),
+        #[cfg(feature = "postgres")]
         AnyConnection::Postgres(c) => target.for_update().first::<i64>(c).optional(),
     }
     .map(|found| found.is_some())
@@ -241,7 +245,9 @@ pub(super) fn standing(conn: &mut AnyConnection, id: i64) -> Result<Option<Stand
     ));
     type Found = (String, i32, i32, i32, i32, Option<String>);
     let found: Option<Found> = match conn {
+        #[cfg(feature = "sqlite")]
         AnyConnection::Sqlite(c) => target.first(c).optional(),
+        #[cfg(feature = "postgres")]
         AnyConnection::Postgres(c) => target.for_update().first(c).optional(),
     }
     .map_err(Error::query("read where a job stands"))?;

@@ -6,7 +6,9 @@ use queue_core::{Job, JobId, JobState, NewJob};
 
 use super::rows::{JobRow, NewJobRow, RescuedRow};
 use super::sql::Sql;
-use super::{Error, ListParams, PruneParams, RescueParams, Result, SetStateParams, postgres};
+#[cfg(feature = "postgres")]
+use super::postgres;
+use super::{Error, ListParams, PruneParams, RescueParams, Result, SetStateParams};
 use crate::connection::{AnyConnection, with_backend};
 use crate::schema::queue_job;
 
@@ -22,11 +24,13 @@ pub(super) fn insert_many(conn: &mut AnyConnection, jobs: &[NewJob]) -> Result<(
     }
     let rows = jobs.iter().map(NewJobRow::from_job).collect::<Result<Vec<_>>>()?;
     match conn {
+        #[cfg(feature = "postgres")]
         AnyConnection::Postgres(c) => {
             for chunk in rows.chunks(5000) {
                 postgres::job_insert_rows(c, chunk).map_err(Error::query("insert jobs"))?;
             }
         }
+        #[cfg(feature = "sqlite")]
         AnyConnection::Sqlite(c) => {
             // In-process: one prepared single-row statement, run per row, beats parsing a
             // statement of thousands of values.
@@ -118,6 +122,7 @@ pub(super) fn list(conn: &mut AnyConnection, params: &ListParams) -> Result<Vec<
     rows.iter().map(JobRow::decode).collect()
 }
 
+#[cfg_attr(not(any(feature = "cli", feature = "internals")), allow(dead_code))]
 pub(super) fn count_by_state(conn: &mut AnyConnection) -> Result<Vec<(JobState, i64)>> {
     use queue_job::dsl;
     let rows: Vec<(String, i64)> = with_backend!(conn, c => dsl::queue_job
@@ -259,9 +264,11 @@ fn parents_of(conn: &mut AnyConnection, job: &NewJob, row: &mut NewJobRow<'_>) -
     uuids.sort_unstable();
     uuids.dedup();
     let found: Vec<(i64, String, String)> = match conn {
+        #[cfg(feature = "sqlite")]
         AnyConnection::Sqlite(c) => {
             dsl::queue_job.filter(dsl::uuid.eq_any(&uuids)).select((dsl::id, dsl::uuid, dsl::state)).load(c)
         }
+        #[cfg(feature = "postgres")]
         AnyConnection::Postgres(c) => dsl::queue_job
             .filter(dsl::uuid.eq_any(&uuids))
             .select((dsl::id, dsl::uuid, dsl::state))

@@ -12,10 +12,12 @@ mod claim;
 mod conflict;
 mod finish;
 mod jobs;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod rows;
 pub mod schema;
 mod sql;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 
 use chrono::{DateTime, Utc};
@@ -28,7 +30,22 @@ pub use rows::RunRow;
 use crate::connection::{AnyConnection, Backend};
 use crate::error::{Error, Result};
 
+/// A row type the queue's raw statements load, on every backend compiled in.
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
+trait Row: QueryableByName<diesel::sqlite::Sqlite> + QueryableByName<diesel::pg::Pg> + 'static {}
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
+impl<T: QueryableByName<diesel::sqlite::Sqlite> + QueryableByName<diesel::pg::Pg> + 'static> Row for T {}
+#[cfg(all(feature = "sqlite", not(feature = "postgres")))]
+trait Row: QueryableByName<diesel::sqlite::Sqlite> + 'static {}
+#[cfg(all(feature = "sqlite", not(feature = "postgres")))]
+impl<T: QueryableByName<diesel::sqlite::Sqlite> + 'static> Row for T {}
+#[cfg(all(feature = "postgres", not(feature = "sqlite")))]
+trait Row: QueryableByName<diesel::pg::Pg> + 'static {}
+#[cfg(all(feature = "postgres", not(feature = "sqlite")))]
+impl<T: QueryableByName<diesel::pg::Pg> + 'static> Row for T {}
+
 /// PostgreSQL channel the queue's NOTIFY wake-ups are sent on.
+#[cfg(feature = "postgres")]
 pub const NOTIFY_CHANNEL: &str = "queue_job";
 
 /// First key of the PostgreSQL advisory lock a worker holds on a job while it ends the job's
@@ -171,9 +188,11 @@ pub struct Standing {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Session {
     /// A PostgreSQL backend, by pid: another connection terminates it.
+    #[cfg(feature = "postgres")]
     Postgres(i32),
     /// A SQLite connection handle: its transaction is rolled back in place, and the connection
     /// refuses writes from then on (so the stuck body can change nothing).
+    #[cfg(feature = "sqlite")]
     Sqlite(usize),
 }
 
@@ -228,6 +247,7 @@ pub trait Store {
     /// its successor under its own key).
     fn job_free_keys(&mut self, ids: &[i64], started: DateTime<Utc>) -> Result<()>;
     /// Count jobs per state.
+    #[cfg_attr(not(any(feature = "cli", feature = "internals")), allow(dead_code))]
     fn job_count_by_state(&mut self) -> Result<Vec<(JobState, i64)>>;
     /// One job by uuid.
     fn job_get(&mut self, uuid: &JobId) -> Result<Option<Job>>;
@@ -286,12 +306,11 @@ pub trait Store {
 
 impl AnyConnection {
     /// Run a statement built as text on either backend and load its rows.
-    fn load_sql<T>(&mut self, sql: &sql::Sql, what: &'static str) -> Result<Vec<T>>
-    where
-        T: QueryableByName<diesel::sqlite::Sqlite> + QueryableByName<diesel::pg::Pg> + 'static,
-    {
+    fn load_sql<T: Row>(&mut self, sql: &sql::Sql, what: &'static str) -> Result<Vec<T>> {
         match self {
+            #[cfg(feature = "sqlite")]
             AnyConnection::Sqlite(c) => sqlite::load(c, sql),
+            #[cfg(feature = "postgres")]
             AnyConnection::Postgres(c) => postgres::load(c, sql),
         }
         .map_err(Error::query(what))
@@ -303,7 +322,9 @@ impl AnyConnection {
     /// no such cache.
     pub(crate) fn savepoint_budget(&self) -> usize {
         match self {
+            #[cfg(feature = "sqlite")]
             AnyConnection::Sqlite(_) => usize::MAX,
+            #[cfg(feature = "postgres")]
             AnyConnection::Postgres(_) => 32,
         }
     }
@@ -326,6 +347,7 @@ impl Store for AnyConnection {
         claim::take(self, params, ids)
     }
 
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
     fn channel_slots_acquire(
         &mut self,
         channel: &str,
@@ -335,14 +357,19 @@ impl Store for AnyConnection {
     ) -> Result<Vec<usize>> {
         match self {
             // One writer at a time: SQLite itself keeps every channel within its capacity.
+            #[cfg(feature = "sqlite")]
             AnyConnection::Sqlite(_) => Ok((0..want).collect()),
+            #[cfg(feature = "postgres")]
             AnyConnection::Postgres(c) => postgres::slots_acquire(c, channel, capacity, want, held),
         }
     }
 
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
     fn channel_slots_release(&mut self, channel: &str, slots: &[usize]) -> Result<()> {
         match self {
+            #[cfg(feature = "sqlite")]
             AnyConnection::Sqlite(_) => Ok(()),
+            #[cfg(feature = "postgres")]
             AnyConnection::Postgres(c) => postgres::slots_release(c, channel, slots),
         }
     }
@@ -365,7 +392,9 @@ impl Store for AnyConnection {
 
     fn table_analyze(&mut self) -> Result<()> {
         match self {
+            #[cfg(feature = "sqlite")]
             AnyConnection::Sqlite(_) => Ok(()),
+            #[cfg(feature = "postgres")]
             AnyConnection::Postgres(c) => postgres::analyze(c),
         }
     }
@@ -400,7 +429,9 @@ impl Store for AnyConnection {
 
     fn job_notify(&mut self) -> Result<()> {
         match self {
+            #[cfg(feature = "sqlite")]
             AnyConnection::Sqlite(_) => Ok(()),
+            #[cfg(feature = "postgres")]
             AnyConnection::Postgres(c) => postgres::notify(c),
         }
     }
@@ -421,16 +452,22 @@ impl Store for AnyConnection {
         finish::release(self, ids, lease_token)
     }
 
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
     fn job_settle_lock(&mut self, id: i64) -> Result<()> {
         match self {
+            #[cfg(feature = "sqlite")]
             AnyConnection::Sqlite(_) => Ok(()),
+            #[cfg(feature = "postgres")]
             AnyConnection::Postgres(c) => postgres::settle_lock(c, id, true),
         }
     }
 
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
     fn job_settle_unlock(&mut self, id: i64) -> Result<()> {
         match self {
+            #[cfg(feature = "sqlite")]
             AnyConnection::Sqlite(_) => Ok(()),
+            #[cfg(feature = "postgres")]
             AnyConnection::Postgres(c) => postgres::settle_lock(c, id, false),
         }
     }
@@ -445,15 +482,20 @@ impl Store for AnyConnection {
 
     fn session(&mut self) -> Result<Session> {
         match self {
+            #[cfg(feature = "sqlite")]
             AnyConnection::Sqlite(c) => sqlite::session(c),
+            #[cfg(feature = "postgres")]
             AnyConnection::Postgres(c) => postgres::session(c),
         }
     }
 
     fn session_end(&mut self, session: Session) -> Result<()> {
         match (self, session) {
+            #[cfg(feature = "sqlite")]
             (_, Session::Sqlite(handle)) => sqlite::session_end(handle),
+            #[cfg(feature = "postgres")]
             (AnyConnection::Postgres(c), Session::Postgres(pid)) => postgres::session_end(c, pid),
+            #[cfg(all(feature = "sqlite", feature = "postgres"))]
             (AnyConnection::Sqlite(_), Session::Postgres(_)) => {
                 Err(Error::Config("a PostgreSQL session cannot be ended from a SQLite connection".into()))
             }
@@ -462,27 +504,34 @@ impl Store for AnyConnection {
 
     fn session_prepare_for_jobs(&mut self) -> Result<()> {
         match self {
+            #[cfg(feature = "sqlite")]
             AnyConnection::Sqlite(_) => Ok(()),
+            #[cfg(feature = "postgres")]
             AnyConnection::Postgres(c) => postgres::prepare(c, "SET idle_in_transaction_session_timeout = 0"),
         }
     }
 
     fn session_prepare_for_claims(&mut self) -> Result<()> {
         match self {
+            #[cfg(feature = "sqlite")]
             AnyConnection::Sqlite(_) => Ok(()),
+            #[cfg(feature = "postgres")]
             AnyConnection::Postgres(c) => postgres::prepare(c, "SET synchronous_commit = off"),
         }
     }
 
     fn schema_migrate(&mut self) -> Result<()> {
         match self {
+            #[cfg(feature = "sqlite")]
             AnyConnection::Sqlite(c) => sqlite::schema_migrate(c),
+            #[cfg(feature = "postgres")]
             AnyConnection::Postgres(c) => postgres::schema_migrate(c),
         }
     }
 }
 
 /// How long SQLite waits for another writer before giving up.
+#[cfg(feature = "sqlite")]
 pub const SQLITE_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Open a connection to `url` (of `backend`) with the session settings the queue needs.
@@ -492,6 +541,7 @@ pub(crate) fn connect(url: &str, backend: Backend) -> Result<AnyConnection> {
         source: Box::new(e),
     };
     match backend {
+        #[cfg(feature = "sqlite")]
         Backend::Sqlite => {
             let path = url.strip_prefix("sqlite://").unwrap_or(url);
             let mut c = sqlite::establish(path).map_err(connect_err)?;
@@ -505,12 +555,20 @@ pub(crate) fn connect(url: &str, backend: Backend) -> Result<AnyConnection> {
             .map_err(Error::query("configure the SQLite connection"))?;
             Ok(AnyConnection::Sqlite(c))
         }
+        #[cfg(feature = "postgres")]
         Backend::Postgres => postgres::establish(url).map(AnyConnection::Postgres).map_err(connect_err),
+        #[allow(unreachable_patterns, reason = "reached when a backend's feature is off")]
+        other => Err(Error::Config(format!(
+            "this build of queue-diesel has no {} support: enable its `{}` feature",
+            other.name(),
+            other.name()
+        ))),
     }
 }
 
 /// A channel's 32-bit key for PostgreSQL advisory locks (FNV-1a of its name): stable across
 /// processes and versions.
+#[cfg(feature = "postgres")]
 pub fn channel_key(channel: &str) -> i32 {
     let mut hash: u32 = 0x811c_9dc5;
     for byte in channel.bytes() {

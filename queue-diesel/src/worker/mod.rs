@@ -354,21 +354,13 @@ impl Worker {
             waker = Some(self.db.add_waker(move || {
                 let _ = wake_tx.lock().unwrap_or_else(|p| p.into_inner()).send(Event::Wake);
             }));
-            let spawned = match self.db.sqlite_path() {
-                None => crate::notify::spawn_listener(
-                    self.db.raw_url(),
-                    events_tx.clone(),
-                    || Event::Wake,
-                    Arc::clone(&stop_listener),
-                ),
-                Some(path) => crate::notify::spawn_sqlite_watcher(
-                    path,
-                    Arc::clone(&executors.commits),
-                    events_tx.clone(),
-                    || Event::Wake,
-                    Arc::clone(&stop_listener),
-                ),
-            };
+            let spawned = crate::notify::spawn(
+                &self.db,
+                Arc::clone(&executors.commits),
+                events_tx.clone(),
+                || Event::Wake,
+                Arc::clone(&stop_listener),
+            );
             listener = Some(
                 spawned
                     .map_err(|source| Error::Io { what: "failed to start the listener thread", source })?,

@@ -1,15 +1,5 @@
-//! Wake-ups: a PostgreSQL `LISTEN` connection whose socket the listener thread blocks on, so an
-//! idle worker hears of a job the moment its transaction commits. Every backend also polls the
-//! table (the fallback when a notification is lost or the backend has none).
-//!
-//! Diesel's connection does not expose its socket, so the listener holds a libpq connection of
-//! its own.
-//!
-//! SQLite has no notifications; a watcher reads `PRAGMA data_version` every couple of
-//! milliseconds instead (it changes when another connection commits, and reading it costs no
-//! I/O), so a job queued by another process wakes an idle worker just as fast. A change that
-//! comes with a commit of this process's executors is taken for theirs: the worker is busy then,
-//! and its poll catches what was committed elsewhere at the same moment.
+//! PostgreSQL: a connection of its own that `LISTEN`s, through libpq directly (Diesel has no
+//! notifications), reconnecting with backoff.
 
 use std::ffi::{CStr, CString};
 use std::sync::Arc;
@@ -20,18 +10,16 @@ use std::time::{Duration, Instant};
 
 use pq_sys as pq;
 
+use super::{MAX_BACKOFF, STOP_CHECK, nap};
 use crate::database::redact;
 use crate::store::NOTIFY_CHANNEL;
 
 /// Longest the listener blocks before it looks at its stop flag.
-const STOP_CHECK: Duration = Duration::from_millis(100);
 /// How often the listener checks that its connection is alive when nothing arrives.
 const LISTEN_PING: Duration = Duration::from_secs(10);
-/// Longest wait between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Start a thread that calls `wake` each time a job is queued (at its commit), until `stop`.
-pub(crate) fn spawn_listener<E: Send + 'static>(
+pub(super) fn spawn_listener<E: Send + 'static>(
     url: String,
     events: Sender<E>,
     wake: fn() -> E,
@@ -55,74 +43,6 @@ pub(crate) fn spawn_listener<E: Send + 'static>(
                     tracing::warn!(url = %redact(&url), error = %e, retry_in = ?backoff, "cannot listen for new jobs");
                     nap(backoff, &stop);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
-    })
-}
-
-/// Sleep `total`, or less once `stop` is set.
-fn nap(total: Duration, stop: &AtomicBool) {
-    let until = Instant::now() + total;
-    while !stop.load(Ordering::Relaxed) {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        std::thread::sleep(left.min(STOP_CHECK));
-    }
-}
-
-/// How often the SQLite watcher reads `PRAGMA data_version`.
-pub const WATCH_TICK: Duration = Duration::from_millis(2);
-
-/// Start a thread that calls `wake` whenever another connection commits to the SQLite database
-/// at `path`, until `stop`. `own_commits` counts the commits of the worker's own executors.
-pub(crate) fn spawn_sqlite_watcher<E: Send + 'static>(
-    path: String,
-    own_commits: Arc<std::sync::atomic::AtomicU64>,
-    events: Sender<E>,
-    wake: fn() -> E,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<JoinHandle<()>> {
-    use diesel::prelude::*;
-    #[derive(QueryableByName)]
-    struct Version {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        data_version: i64,
-    }
-    std::thread::Builder::new().name("queue-watch".into()).spawn(move || {
-        let mut conn: Option<diesel::SqliteConnection> = None;
-        let mut last = None;
-        let own = || own_commits.load(Ordering::Relaxed);
-        let mut last_own = own();
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(WATCH_TICK);
-            if conn.is_none() {
-                match diesel::SqliteConnection::establish(&path) {
-                    Ok(c) => conn = Some(c),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot watch the database for new jobs; polling only");
-                        nap(MAX_BACKOFF, &stop);
-                        continue;
-                    }
-                }
-            }
-            let Some(c) = conn.as_mut() else { continue };
-            match diesel::sql_query("PRAGMA data_version").get_result::<Version>(c) {
-                Ok(Version { data_version }) => {
-                    let ours = own();
-                    let foreign = last.is_some_and(|v| v != data_version) && ours == last_own;
-                    if foreign && events.send(wake()).is_err() {
-                        return;
-                    }
-                    last = Some(data_version);
-                    last_own = ours;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the database's version; reconnecting");
-                    conn = None;
-                    last = None;
                 }
             }
         }
