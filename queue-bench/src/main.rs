@@ -354,8 +354,7 @@ fn unfinished(db: &Database) -> Res<i64> {
 static PROCESS_RSS_GROWTH: Mutex<f64> = Mutex::new(0.0);
 
 fn process(db: &Database, channels: &queue_diesel::ChannelConfig, n: usize) -> Res<f64> {
-    let worker =
-        Worker::new(db.clone(), WorkerConfig { channels: channels.clone(), ..WorkerConfig::default() })?;
+    let worker = Worker::new(db.clone(), WorkerConfig::default().channels(channels.clone()))?;
     let shutdown = Shutdown::new();
     let start = Instant::now();
     let before = rss_mb();
@@ -383,8 +382,7 @@ fn latency(
     n: usize,
 ) -> Res<(f64, f64, f64)> {
     *STARTED.lock().unwrap_or_else(|p| p.into_inner()) = Some(HashMap::new());
-    let worker =
-        Worker::new(db.clone(), WorkerConfig { channels: channels.clone(), ..WorkerConfig::default() })?;
+    let worker = Worker::new(db.clone(), WorkerConfig::default().channels(channels.clone()))?;
     let shutdown = Shutdown::new();
     let mut samples = Vec::with_capacity(n);
     std::thread::scope(|s| -> Res<()> {

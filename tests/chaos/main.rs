@@ -326,7 +326,7 @@ fn orchestrate(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         && hung_done == hung_ids.len() as i64;
     if !ok {
         eprintln!("chaos: failed (counter={n}, effects={effects}, failed jobs={failed})");
-        let params = queue_diesel::store::ListParams { state: Some(JobState::Failed), func: None, limit: 20 };
+        let params = queue_diesel::ListParams::default().state(JobState::Failed).limit(20);
         for job in db.jobs(&params)? {
             eprintln!(
                 "  failed {} {} attempts={} interruptions={}: {} {}",

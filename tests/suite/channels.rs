@@ -11,8 +11,7 @@ use queue_tests::{Partner, StopOnDrop, TestDb, backend_tests, max_running, wait_
 backend_tests!(capacity_holds_across_worker_processes, a_sequential_channel_keeps_order_and_stops_on_failure);
 
 fn done(db: &Database) -> usize {
-    db.jobs(&ListParams { state: Some(JobState::Done), limit: 1000, ..ListParams::default() })
-        .map_or(0, |j| j.len())
+    db.jobs(&ListParams::default().state(JobState::Done).limit(1000)).map_or(0, |j| j.len())
 }
 
 fn capacity_holds_across_worker_processes(t: TestDb) {
@@ -27,8 +26,7 @@ fn capacity_holds_across_worker_processes(t: TestDb) {
     .expect("queued");
     // Two workers, each with its own pool (as two processes would have), each allowed four jobs
     // at once but only one in root.slow: across both, one at a time.
-    let config =
-        || WorkerConfig { channels: "root:4,root.slow:1".parse().expect("valid"), ..WorkerConfig::default() };
+    let config = || WorkerConfig::default().channels("root:4,root.slow:1".parse().expect("valid"));
     let first = Worker::new(t.db.clone(), config()).expect("worker");
     let second = Worker::new(t.reopen(|b| b), config()).expect("worker");
     let shutdown = Shutdown::new();
@@ -57,11 +55,9 @@ fn a_sequential_channel_keeps_order_and_stops_on_failure(t: TestDb) {
         })
         .expect("queued");
     let state = |h: &JobHandle| t.db.job(&h.uuid()).expect("job").state;
-    let config = WorkerConfig {
-        channels: "root:3,root.seq:1:sequential".parse().expect("valid"),
-        poll_interval: Some(Duration::from_millis(20)),
-        ..WorkerConfig::default()
-    };
+    let config = WorkerConfig::default()
+        .channels("root:3,root.seq:1:sequential".parse().expect("valid"))
+        .poll_interval(Duration::from_millis(20));
     let worker = Worker::new(t.db.clone(), config).expect("worker");
     let shutdown = Shutdown::new();
     std::thread::scope(|s| {

@@ -48,8 +48,7 @@ impl Drop for Mailbox {
 }
 
 fn worker(t: &TestDb, configure: impl FnOnce(&mut WorkerConfig)) -> Worker {
-    let mut config =
-        WorkerConfig { poll_interval: Some(Duration::from_millis(50)), ..WorkerConfig::default() };
+    let mut config = WorkerConfig::default().poll_interval(Duration::from_millis(50));
     configure(&mut config);
     Worker::new(t.db.clone(), config).expect("worker")
 }

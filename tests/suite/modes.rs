@@ -262,5 +262,5 @@ fn bulk_queues_many_jobs_in_few_statements(t: TestDb) {
         Err(Error::Config("rolled back".into()))
     });
     assert!(rolled.is_err());
-    assert_eq!(t.db.jobs(&ListParams { limit: 10_000, ..ListParams::default() }).expect("list").len(), 2500);
+    assert_eq!(t.db.jobs(&ListParams::default().limit(10_000)).expect("list").len(), 2500);
 }

@@ -86,8 +86,7 @@ fn tryton_context_keys_steer_only_their_call(t: TestDb) {
     clock.advance(TimeDelta::seconds(3601));
     let worker = Worker::new(db.clone(), WorkerConfig::default()).expect("worker");
     worker.run_until_idle().expect("runs");
-    let children: Vec<_> =
-        db.jobs(&ListParams { func: Some("res.partner.export".into()), ..Default::default() }).expect("list");
+    let children: Vec<_> = db.jobs(&ListParams::default().func("res.partner.export")).expect("list");
     assert_eq!(children.len(), 2, "one export per partner");
     for child in children {
         assert_eq!(child.channel, "root.export", "not re-channelled");
@@ -196,8 +195,7 @@ fn identity_key_holds_under_concurrent_enqueues(t: TestDb) {
             .collect();
         handles.into_iter().map(|h| h.join().expect("no panic")).collect()
     });
-    let pending =
-        t.db.jobs(&ListParams { state: Some(JobState::Pending), ..ListParams::default() }).expect("list");
+    let pending = t.db.jobs(&ListParams::default().state(JobState::Pending)).expect("list");
     assert_eq!(pending.len(), 1, "one job for the key");
     assert!(uuids.iter().all(|u| *u == pending[0].uuid), "every caller got its handle");
 }

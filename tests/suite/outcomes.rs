@@ -151,8 +151,7 @@ fn jobs_of_unknown_functions_stay_pending(t: TestDb) {
         .expect("updated");
     assert_eq!(run_all(&t), 0, "this binary does not know the function");
     assert_eq!(t.db.job(&id).expect("job").state, JobState::Pending, "left for a binary that knows it");
-    let pending =
-        t.db.jobs(&ListParams { state: Some(JobState::Pending), ..ListParams::default() }).expect("list");
+    let pending = t.db.jobs(&ListParams::default().state(JobState::Pending)).expect("list");
     assert_eq!(pending.len(), 1);
 }
 

@@ -143,7 +143,6 @@ fn insert_many_and_count_by_state(t: TestDb) {
         conn.job_count_by_state().expect("count"),
         vec![(JobState::Pending, 2000), (JobState::Started, 500)]
     );
-    let listed =
-        conn.job_list(&ListParams { state: Some(JobState::Started), limit: 10, ..ListParams::default() });
+    let listed = conn.job_list(&ListParams::default().state(JobState::Started).limit(10));
     assert_eq!(listed.expect("list").len(), 10);
 }

@@ -52,7 +52,7 @@ fn an_overrunning_job_is_given_up_and_its_slot_freed(t: TestDb) {
             Ok::<_, Error>((slow, next))
         })
         .expect("queued");
-    let config = WorkerConfig { channels: "root:1".parse().expect("valid"), ..WorkerConfig::default() };
+    let config = WorkerConfig::default().channels("root:1".parse().expect("valid"));
     let worker = Worker::new(t.db.clone(), config).expect("worker");
     let shutdown = Shutdown::new();
     let start = Instant::now();

@@ -27,7 +27,7 @@ backend_tests!(
 );
 
 fn all_done(db: &Database, n: usize) -> bool {
-    let done = db.jobs(&ListParams { state: Some(JobState::Done), limit: 100_000, ..ListParams::default() });
+    let done = db.jobs(&ListParams::default().state(JobState::Done).limit(100_000));
     done.map(|d| d.len() == n).unwrap_or(false)
 }
 
@@ -46,8 +46,7 @@ fn channel_capacity_limits_concurrent_jobs(t: TestDb) {
         Ok::<_, queue_diesel::Error>(())
     })
     .expect("queued");
-    let config =
-        WorkerConfig { channels: "root:3,root.slow:1".parse().expect("valid"), ..WorkerConfig::default() };
+    let config = WorkerConfig::default().channels("root:3,root.slow:1".parse().expect("valid"));
     let worker = Worker::new(t.db.clone(), config).expect("worker");
     let shutdown = Shutdown::new();
     std::thread::scope(|s| {
@@ -69,7 +68,7 @@ fn notify_or_poll_wakes_an_idle_worker(t: TestDb) {
         Backend::Postgres => Duration::from_secs(120),
         Backend::Sqlite => Duration::from_millis(50),
     };
-    let config = WorkerConfig { poll_interval: Some(poll), ..WorkerConfig::default() };
+    let config = WorkerConfig::default().poll_interval(poll);
     let worker = Worker::new(t.db.clone(), config).expect("worker");
     let list = t.partners(&["ada"]);
     let shutdown = Shutdown::new();
@@ -106,7 +105,7 @@ fn stop_while_running(
         })
         .expect("q")
         .uuid();
-    let config = WorkerConfig { grace_period: grace, ..WorkerConfig::default() };
+    let config = WorkerConfig::default().grace_period(grace);
     let worker = Worker::new(t.db.clone(), config).expect("worker");
     let shutdown = Shutdown::new();
     let stats = std::thread::scope(|s| {
@@ -244,7 +243,7 @@ fn a_running_job_frees_its_identity_key(t: TestDb) {
             "the job and its two successors ran"
         );
     });
-    let done = t.db.jobs(&ListParams { state: Some(JobState::Done), ..ListParams::default() }).expect("list");
+    let done = t.db.jobs(&ListParams::default().state(JobState::Done)).expect("list");
     let mut results: Vec<_> = done.iter().filter_map(|j| j.result.clone()).collect();
     results.sort();
     assert_eq!(results, ["last", "successor queued", "successor queued"]);
@@ -253,8 +252,7 @@ fn a_running_job_frees_its_identity_key(t: TestDb) {
 fn no_batches_when_batch_jobs_is_zero(t: TestDb) {
     // `batch_jobs: 0` (QUEUE_BATCH_JOBS=0): every job runs alone, visibly `started`.
     let list = t.partners(&["ada"]);
-    let worker =
-        Worker::new(t.db.clone(), WorkerConfig { batch_jobs: 0, ..WorkerConfig::default() }).expect("worker");
+    let worker = Worker::new(t.db.clone(), WorkerConfig::default().batch_jobs(0)).expect("worker");
     while_running(&worker, || {
         let key = key();
         let id =
@@ -296,7 +294,7 @@ fn a_job_queued_elsewhere_wakes_an_idle_worker(t: TestDb) {
     // Queued through another handle of the database, as another process would: no in-process
     // wake-up; NOTIFY on PostgreSQL, the data_version watcher on SQLite. No poll to fall back on.
     let list = t.partners(&["ada"]);
-    let config = WorkerConfig { poll_interval: Some(Duration::from_secs(120)), ..WorkerConfig::default() };
+    let config = WorkerConfig::default().poll_interval(Duration::from_secs(120));
     let worker = Worker::new(t.db.clone(), config).expect("worker");
     let elsewhere = t.reopen(|b| b);
     while_running(&worker, || {
@@ -315,7 +313,7 @@ fn a_wake_up_during_a_batch_is_not_lost(t: TestDb) {
     // before the new job committed, so the wake-up must start another batch once it ends. With no
     // poll to fall back on (two minutes), a lost wake-up fails the wait.
     let list = t.partners(&["ada"]);
-    let config = WorkerConfig { poll_interval: Some(Duration::from_secs(120)), ..WorkerConfig::default() };
+    let config = WorkerConfig::default().poll_interval(Duration::from_secs(120));
     let worker = Worker::new(t.db.clone(), config).expect("worker");
     while_running(&worker, || {
         std::thread::sleep(Duration::from_millis(300)); // idle, past its first claim
@@ -339,7 +337,7 @@ fn two_workers_never_run_a_job_twice(t: TestDb) {
         Ok::<_, queue_diesel::Error>(())
     })
     .expect("queued");
-    let config = || WorkerConfig { channels: "root:2".parse().expect("valid"), ..WorkerConfig::default() };
+    let config = || WorkerConfig::default().channels("root:2".parse().expect("valid"));
     let first = Worker::new(t.db.clone(), config()).expect("worker");
     let second = Worker::new(t.reopen(|b| b), config()).expect("worker");
     let shutdown = Shutdown::new();
@@ -359,10 +357,10 @@ fn two_workers_never_run_a_job_twice(t: TestDb) {
 }
 
 fn unusable_worker_settings_are_refused(t: TestDb) {
-    let config = WorkerConfig { poll_interval: Some(Duration::ZERO), ..WorkerConfig::default() };
+    let config = WorkerConfig::default().poll_interval(Duration::ZERO);
     let err = Worker::new(t.db.clone(), config).expect_err("zero poll");
     assert_eq!(err.to_string(), "expected a poll interval > 0 ms");
-    let config = WorkerConfig { channels: "root:40".parse().expect("parses"), ..WorkerConfig::default() };
+    let config = WorkerConfig::default().channels("root:40".parse().expect("parses"));
     let err = Worker::new(t.db.clone(), config).expect_err("pool too small");
     assert!(
         err.to_string().contains("the connection pool holds 8 connections but channels root:40 need 42"),
@@ -384,12 +382,10 @@ fn a_database_restart_in_the_middle_of_a_run_loses_nothing(t: TestDb) {
         Ok::<_, queue_diesel::Error>(())
     })
     .expect("queued");
-    let config = WorkerConfig {
-        channels: "root:2".parse().expect("valid"),
-        rescue_interval: Duration::from_millis(200),
-        rescue_grace: Duration::from_millis(500),
-        ..WorkerConfig::default()
-    };
+    let config = WorkerConfig::default()
+        .channels("root:2".parse().expect("valid"))
+        .rescue_interval(Duration::from_millis(200))
+        .rescue_grace(Duration::from_millis(500));
     let worker = Worker::new(t.reopen(|b| b), config).expect("worker");
     let shutdown = Shutdown::new();
     std::thread::scope(|s| {
@@ -415,6 +411,5 @@ fn a_database_restart_in_the_middle_of_a_run_loses_nothing(t: TestDb) {
 }
 
 fn done_count(db: &Database) -> usize {
-    db.jobs(&ListParams { state: Some(JobState::Done), limit: 100_000, ..ListParams::default() })
-        .map_or(0, |d| d.len())
+    db.jobs(&ListParams::default().state(JobState::Done).limit(100_000)).map_or(0, |d| d.len())
 }

@@ -141,18 +141,12 @@ fn demo(url: &str) -> Result<(), queue_diesel::Error> {
     println!(
         "a worker with channels root:2,root.export:1 runs them (the CRM sync is retried twice, 1 s apart)"
     );
-    let worker = Worker::new(
-        db.clone(),
-        WorkerConfig { channels: "root:2,root.export:1".parse()?, ..WorkerConfig::default() },
-    )?;
+    let worker = Worker::new(db.clone(), WorkerConfig::default().channels("root:2,root.export:1".parse()?))?;
     let shutdown = Shutdown::new();
     std::thread::scope(|scope| {
         let run = scope.spawn(|| worker.run(&shutdown));
-        while db
-            .jobs(&ListParams { state: Some(JobState::Pending), limit: 1, ..ListParams::default() })?
-            .len()
-            + db.jobs(&ListParams { state: Some(JobState::Started), limit: 1, ..ListParams::default() })?
-                .len()
+        while db.jobs(&ListParams::default().state(JobState::Pending).limit(1))?.len()
+            + db.jobs(&ListParams::default().state(JobState::Started).limit(1))?.len()
             > 0
         {
             std::thread::sleep(Duration::from_millis(20));
@@ -174,7 +168,7 @@ use queue_diesel::JobState;
 
 fn print_jobs(db: &Database, when: &str) -> Result<(), queue_diesel::Error> {
     println!("jobs {when}:");
-    let mut jobs = db.jobs(&ListParams { limit: 100, ..ListParams::default() })?;
+    let mut jobs = db.jobs(&ListParams::default().limit(100))?;
     jobs.reverse();
     for job in jobs {
         let outcome = job.result.clone().or(job.exc_message.clone()).unwrap_or_default();

@@ -50,11 +50,7 @@ fn worker_binary_runs_jobs_and_stops_on_sigterm() {
         .spawn()
         .expect("worker starts");
     let start = Instant::now();
-    let done = || {
-        db.jobs(&ListParams { state: Some(JobState::Done), ..ListParams::default() })
-            .map(|j| j.len())
-            .unwrap_or(0)
-    };
+    let done = || db.jobs(&ListParams::default().state(JobState::Done)).map(|j| j.len()).unwrap_or(0);
     while done() < 1 && start.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(20));
     }

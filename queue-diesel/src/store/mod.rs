@@ -161,8 +161,10 @@ pub struct RescueParams<'a> {
     pub dead_workers: Option<&'a [String]>,
 }
 
-/// What [`Database::jobs`](crate::Database::jobs) takes: filters and a limit.
+/// What [`Database::jobs`](crate::Database::jobs) takes: filters and a limit, set with
+/// `ListParams::default().state(JobState::Failed).limit(20)`.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ListParams {
     /// Only jobs in this state.
     pub state: Option<JobState>,
@@ -170,6 +172,29 @@ pub struct ListParams {
     pub func: Option<String>,
     /// At most this many, newest first.
     pub limit: i64,
+}
+
+impl ListParams {
+    /// Only jobs in `state`.
+    #[must_use]
+    pub fn state(mut self, state: JobState) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// Only jobs of the function `func` (`res.partner.export`).
+    #[must_use]
+    pub fn func(mut self, func: impl Into<String>) -> Self {
+        self.func = Some(func.into());
+        self
+    }
+
+    /// At most `limit` jobs, newest first.
+    #[must_use]
+    pub fn limit(mut self, limit: i64) -> Self {
+        self.limit = limit;
+        self
+    }
 }
 
 /// Where a job stands, read to settle it from outside its run (its worker died, it hung).

@@ -52,8 +52,12 @@ pub const DEFAULT_BATCH_JOBS: usize = 500;
 /// How long a batch transaction runs jobs before it commits.
 pub const DEFAULT_BATCH_TIME: Duration = Duration::from_millis(50);
 
-/// How a worker runs.
+/// How a worker runs: `WorkerConfig::default()` (which reads nothing from the environment; see
+/// [`crate::cli`] for the `QUEUE_*` variables), then the setters, e.g.
+/// `WorkerConfig::default().channels("root:4".parse()?)`. Fields can be read and assigned; new
+/// ones may come, so the struct is not built with a literal.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct WorkerConfig {
     /// Channels and capacities (`QUEUE_CHANNELS`, default `root:1`).
     pub channels: ChannelConfig,
@@ -85,6 +89,51 @@ pub struct WorkerConfig {
     /// (`QUEUE_STATE_DIR`); `None`: beside a SQLite database, or a folder of the temporary
     /// directory for PostgreSQL.
     pub state_dir: Option<PathBuf>,
+}
+
+/// One chainable setter per field: `WorkerConfig::default().grace_period(d)`.
+macro_rules! setters {
+    ($($field:ident: $ty:ty),* $(,)?) => {
+        impl WorkerConfig {
+            $(
+                #[doc = concat!("Set [`WorkerConfig::", stringify!($field), "`].")]
+                #[must_use]
+                pub fn $field(mut self, value: $ty) -> Self {
+                    self.$field = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+setters!(
+    channels: ChannelConfig,
+    grace_period: Duration,
+    worker_id: String,
+    rescue_interval: Duration,
+    rescue_grace: Duration,
+    batch_jobs: usize,
+    batch_time: Duration,
+    retention: Retention,
+    prune_interval: Duration,
+    hang_limit: Duration,
+);
+
+impl WorkerConfig {
+    /// Set [`WorkerConfig::poll_interval`].
+    #[must_use]
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.poll_interval = Some(every);
+        self
+    }
+
+    /// Set [`WorkerConfig::state_dir`].
+    #[must_use]
+    pub fn state_dir(mut self, folder: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(folder.into());
+        self
+    }
 }
 
 impl Default for WorkerConfig {
