@@ -16,6 +16,10 @@ pub const ROOT: &str = "root";
 /// The option that makes a channel run its jobs one at a time, in strict order.
 const SEQUENTIAL: &str = "sequential";
 
+/// The largest capacity a channel may have. Each unit of `root`'s capacity is a thread and a
+/// database connection of the worker; more jobs at once take more workers, not a larger number.
+pub const MAX_CAPACITY: usize = 1024;
+
 /// Check that `name` is `root` or a dotted name under it, each part made of letters, digits,
 /// `_` or `-`.
 pub fn check_name(name: &str) -> Result<()> {
@@ -87,6 +91,11 @@ impl FromStr for ChannelConfig {
                             "expected channel capacity > 0 in {token:?}, got {cap:?}"
                         )));
                     }
+                    Ok(n) if n > MAX_CAPACITY => {
+                        return Err(Error::ChannelConfig(format!(
+                            "channel capacity {n} in {token:?} is above the limit of {MAX_CAPACITY}: each unit of capacity is a thread and a database connection of the worker; run more workers instead"
+                        )));
+                    }
                     Ok(n) => n,
                 },
             };
@@ -114,6 +123,11 @@ impl FromStr for ChannelConfig {
         if !channels.contains_key(ROOT) {
             let sum: usize =
                 channels.values().filter(|c| parent(&c.name) == Some(ROOT)).map(|c| c.capacity).sum();
+            if sum > MAX_CAPACITY {
+                return Err(Error::ChannelConfig(format!(
+                    "the capacity of root, the sum of its children's ({sum}), is above the limit of {MAX_CAPACITY}: give root a capacity, or run more workers"
+                )));
+            }
             let root =
                 Channel { name: ROOT.into(), capacity: sum.max(DEFAULT_ROOT_CAPACITY), sequential: false };
             channels.insert(ROOT.to_owned(), root);
@@ -151,6 +165,23 @@ impl ChannelConfig {
     /// Capacity of a configured channel.
     pub fn capacity(&self, name: &str) -> Option<usize> {
         self.channels.get(name).map(|c| c.capacity)
+    }
+
+    /// What is allowed but probably not meant: a channel whose capacity is larger than its
+    /// parent's (it can never run more jobs at once than its parent), one line each.
+    pub fn warnings(&self) -> Vec<String> {
+        self.channels
+            .values()
+            .filter_map(|c| {
+                let parent = self.channels.get(parent(&c.name)?)?;
+                (c.capacity > parent.capacity).then(|| {
+                    format!(
+                        "channel {} has capacity {} but its parent {} has {}: it runs at most {} job(s) at once",
+                        c.name, c.capacity, parent.name, parent.capacity, parent.capacity
+                    )
+                })
+            })
+            .collect()
     }
 
     /// Total number of jobs that may run at once: the capacity of `root`.
@@ -261,6 +292,22 @@ mod tests {
     }
 
     #[test]
+    fn a_child_larger_than_its_parent_is_warned_about() {
+        assert_eq!(
+            config("root:2,root.export:8,root.export.crm:9").warnings(),
+            vec![
+                "channel root.export has capacity 8 but its parent root has 2: it runs at most 2 job(s) at once",
+                "channel root.export.crm has capacity 9 but its parent root.export has 8: it runs at most 8 job(s) at once",
+            ]
+        );
+        assert!(config("root:4,root.export:1024").warnings().len() == 1);
+        assert!(config("root:4,root.export:2").warnings().is_empty());
+        let err = "root.a:1000,root.b:1000".parse::<ChannelConfig>().expect_err("too many");
+        assert!(err.to_string().contains("the sum of its children's (2000)"), "{err}");
+        assert_eq!(config("root:1024").total_capacity(), MAX_CAPACITY);
+    }
+
+    #[test]
     fn errors_name_the_bad_token() {
         let cases = [
             (
@@ -287,6 +334,10 @@ mod tests {
             (
                 "root.mail:sequential:2",
                 r#"invalid channel configuration: unknown channel option "2" in "root.mail:sequential:2"; expected "sequential""#,
+            ),
+            (
+                "root:99999999999",
+                r#"invalid channel configuration: channel capacity 99999999999 in "root:99999999999" is above the limit of 1024: each unit of capacity is a thread and a database connection of the worker; run more workers instead"#,
             ),
             (
                 "root..a:1",

@@ -42,7 +42,7 @@ pub enum Error {
     )]
     ConnectionBusy,
     /// Code asked for the transaction's connection as a type it is not.
-    #[error("the transaction's connection is not a {wanted}: it is {given}")]
+    #[error("the transaction's connection cannot be used as {wanted}: it is {given}")]
     ConnectionType {
         /// The type asked for.
         wanted: &'static str,

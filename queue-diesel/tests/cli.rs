@@ -108,3 +108,16 @@ fn migrate_print_gives_the_schema_for_the_applications_migrations() {
     assert!(!ok);
     assert!(err.contains("--print"), "{err}");
 }
+
+#[test]
+fn run_refuses_an_absurd_capacity_before_anything_else() {
+    let db = temp_db("capacity");
+    let _remove = Remove(db.clone());
+    let (ok, _, err) = queue_worker(&db, &["run", "--channels", "root:99999999999"]);
+    assert!(!ok);
+    assert!(
+        err.contains("channel capacity 99999999999 in \"root:99999999999\" is above the limit of 1024"),
+        "{err}"
+    );
+    assert!(!std::path::Path::new(&db).exists(), "no database was created");
+}

@@ -139,7 +139,7 @@ fn own_pool<C: JobConnection + diesel::r2d2::R2D2Connection>(t: &TestDb) -> Pool
 fn any_view_is_refused() {
     let refused = current_env(|env| env.try_conn().map(|_| ()).err()).expect("in a transaction");
     let refused = refused.expect("refused").to_string();
-    assert!(refused.contains("not a AnyConnection"), "{refused}");
+    assert!(refused.contains("cannot be used as AnyConnection"), "{refused}");
 }
 
 fn a_job_gets_the_connection_type_it_asks_for(t: TestDb) {

@@ -421,6 +421,9 @@ impl Worker {
                 functions = self.functions.len(),
                 "worker started"
             );
+            for warning in self.config.channels.warnings() {
+                tracing::warn!("{warning}");
+            }
         }
         let mut state = Dispatch::new(self, executors, mode);
         let fatal = self.dispatch(shutdown, &events_rx, &jobs_tx, &mut state, mode).err();
