@@ -555,10 +555,6 @@ impl Store for AnyConnection {
     }
 }
 
-/// How long SQLite waits for another writer before giving up.
-#[cfg(feature = "sqlite")]
-pub const SQLITE_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Open a connection to `url` (of `backend`) with the session settings the queue needs.
 pub(crate) fn connect(url: &str, backend: Backend) -> Result<AnyConnection> {
     let connect_err = |e: diesel::ConnectionError| Error::Connect {
@@ -569,16 +565,8 @@ pub(crate) fn connect(url: &str, backend: Backend) -> Result<AnyConnection> {
         #[cfg(feature = "sqlite")]
         Backend::Sqlite => {
             let path = url.strip_prefix("sqlite://").unwrap_or(url);
-            let mut c = sqlite::establish(path).map_err(connect_err)?;
-            diesel::connection::SimpleConnection::batch_execute(
-                &mut c,
-                &format!(
-                    "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-                    SQLITE_BUSY_TIMEOUT.as_millis()
-                ),
-            )
-            .map_err(Error::query("configure the SQLite connection"))?;
-            Ok(AnyConnection::Sqlite(c))
+            let c = sqlite::establish(path).map_err(connect_err)?;
+            sqlite::configure(c).map(AnyConnection::Sqlite)
         }
         #[cfg(feature = "postgres")]
         Backend::Postgres => postgres::establish(url).map(AnyConnection::Postgres).map_err(connect_err),

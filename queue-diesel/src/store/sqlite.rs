@@ -70,6 +70,22 @@ pub(crate) fn establish(path: &str) -> diesel::ConnectionResult<SqliteConnection
     Ok(conn)
 }
 
+/// How long SQLite waits for another writer before giving up.
+pub const SQLITE_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The session settings the queue needs: wait for the write lock, write-ahead log, foreign keys.
+pub(super) fn configure(mut c: SqliteConnection) -> Result<SqliteConnection> {
+    diesel::connection::SimpleConnection::batch_execute(
+        &mut c,
+        &format!(
+            "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+            SQLITE_BUSY_TIMEOUT.as_millis()
+        ),
+    )
+    .map_err(Error::query("configure the SQLite connection"))?;
+    Ok(c)
+}
+
 pub(super) fn session(c: &mut SqliteConnection) -> Result<Session> {
     let handle: i64 = diesel::select(queue_connection_handle())
         .get_result(c)
