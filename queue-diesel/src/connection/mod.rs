@@ -1,9 +1,6 @@
 //! One connection type for every backend, chosen by URL at run time, and the transactions the
 //! queue opens on it (with the depth checks that keep a job from closing what it did not open).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 #[cfg(feature = "postgres")]
 use diesel::pg::PgConnection;
@@ -190,18 +187,6 @@ pub(crate) fn poison(conn: &mut AnyConnection) {
     with_backend!(conn, c => AnsiTransactionManager::transaction_manager_status_mut(c).set_in_error());
 }
 
-thread_local! {
-    /// Set on the executor threads of a running worker: the count their commits go to, which
-    /// tells the worker's SQLite watcher their commits from those of applications and other
-    /// processes (and of other workers in this process).
-    static COMMITS: std::cell::RefCell<Option<Arc<AtomicU64>>> = const { std::cell::RefCell::new(None) };
-}
-
-/// Count this thread's commits in `counter` (or stop counting them).
-pub(crate) fn count_commits_in(counter: Option<Arc<AtomicU64>>) {
-    COMMITS.with(|c| *c.borrow_mut() = counter);
-}
-
 /// Run `f` inside a transaction (or a savepoint) on `conn`: commit on `Ok`, roll back on `Err`
 /// or panic. If `f` leaves the connection at another depth than it found it (it opened a
 /// transaction it did not close, or closed ours), everything is rolled back and that is an error.
@@ -222,9 +207,6 @@ where
                 return Err(E::from(Error::TransactionDepth { expected: level, found }));
             }
             // Counted before the commit, so a watcher never sees the commit without the count.
-            if level == 1 {
-                COMMITS.with(|c| c.borrow().as_ref().map(|c| c.fetch_add(1, Ordering::SeqCst)));
-            }
             match commit(conn) {
                 Ok(()) => Ok(value),
                 Err(e) => {

@@ -7,12 +7,10 @@
 //!
 //! SQLite has no notifications; a watcher reads `PRAGMA data_version` every couple of
 //! milliseconds instead (it changes when another connection commits, and reading it costs no
-//! I/O), so a job queued by another process wakes an idle worker just as fast. A change that
-//! comes with a commit of this process's executors is taken for theirs: the worker is busy then,
-//! and its poll catches what was committed elsewhere at the same moment.
+//! I/O), so a job queued by another process wakes an idle worker just as fast.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -42,23 +40,18 @@ fn nap(total: Duration, stop: &AtomicBool) {
 }
 
 /// Start the thread that calls `wake` when another connection queues a job in `db`, until
-/// `stop`: a `LISTEN` on PostgreSQL, a watch of the file's version on SQLite, where
-/// `own_commits` counts the commits of the worker's own executors.
+/// `stop`: a `LISTEN` on PostgreSQL, a watch of the file's version on SQLite.
 pub(crate) fn spawn<E: Send + 'static>(
     db: &Database,
-    own_commits: Arc<AtomicU64>,
     events: Sender<E>,
     wake: fn() -> E,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
     match db.sqlite_path() {
         #[cfg(feature = "sqlite")]
-        Some(path) => sqlite::spawn_watcher(path, own_commits, events, wake, stop),
+        Some(path) => sqlite::spawn_watcher(path, events, wake, stop),
         #[cfg(feature = "postgres")]
-        None => {
-            let _ = own_commits;
-            postgres::spawn_listener(db.raw_url(), events, wake, stop)
-        }
+        None => postgres::spawn_listener(db.raw_url(), events, wake, stop),
         #[allow(unreachable_patterns, reason = "reached when a backend's feature is off")]
         _ => Err(std::io::Error::other("no notifications for this backend in this build")),
     }

@@ -12,10 +12,11 @@ use super::{MAX_BACKOFF, nap};
 pub const WATCH_TICK: Duration = Duration::from_millis(2);
 
 /// Start a thread that calls `wake` whenever another connection commits to the SQLite database
-/// at `path`, until `stop`. `own_commits` counts the commits of the worker's own executors.
+/// at `path`, until `stop`. The worker's own commits wake it too: telling them apart is not
+/// reliable (one read may see an own commit and a foreign one together), and an extra wake-up
+/// costs one claim at most.
 pub(super) fn spawn_watcher<E: Send + 'static>(
     path: String,
-    own_commits: Arc<std::sync::atomic::AtomicU64>,
     events: Sender<E>,
     wake: fn() -> E,
     stop: Arc<AtomicBool>,
@@ -29,8 +30,6 @@ pub(super) fn spawn_watcher<E: Send + 'static>(
     std::thread::Builder::new().name("queue-watch".into()).spawn(move || {
         let mut conn: Option<diesel::SqliteConnection> = None;
         let mut last = None;
-        let own = || own_commits.load(Ordering::Relaxed);
-        let mut last_own = own();
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(WATCH_TICK);
             if conn.is_none() {
@@ -46,13 +45,11 @@ pub(super) fn spawn_watcher<E: Send + 'static>(
             let Some(c) = conn.as_mut() else { continue };
             match diesel::sql_query("PRAGMA data_version").get_result::<Version>(c) {
                 Ok(Version { data_version }) => {
-                    let ours = own();
-                    let foreign = last.is_some_and(|v| v != data_version) && ours == last_own;
-                    if foreign && events.send(wake()).is_err() {
+                    let changed = last.is_some_and(|v| v != data_version);
+                    if changed && events.send(wake()).is_err() {
                         return;
                     }
                     last = Some(data_version);
-                    last_own = ours;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the database's version; reconnecting");

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use queue_core::Ending;
 
-use crate::connection::{AnyConnection, count_commits_in};
+use crate::connection::AnyConnection;
 use crate::database::Database;
 use crate::error::{Error, Result};
 use crate::liveness::Record;
@@ -53,8 +53,6 @@ pub(super) struct Executors {
     pub events: Sender<Event>,
     pub record: Option<Arc<Record>>,
     pub started: usize,
-    /// The count of the executors' commits (see `count_commits_in`).
-    pub commits: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// An executor's connection, kept between units of work. It is its own, not the pool's: a
@@ -74,12 +72,10 @@ impl Executors {
         let worker_id = Arc::clone(&self.worker_id);
         // Its own slot of the liveness record, held until the thread ends.
         let slot = self.record.as_ref().and_then(|r| r.slot()).map(Arc::new);
-        let commits = Arc::clone(&self.commits);
         self.started += 1;
         std::thread::Builder::new()
             .name(format!("queue-exec-{}", self.started))
             .spawn(move || {
-                count_commits_in(Some(commits));
                 let mut held: Option<Held> = None;
                 loop {
                     let next = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();

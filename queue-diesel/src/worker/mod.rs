@@ -390,7 +390,6 @@ impl Worker {
             events: events_tx.clone(),
             record: Some(record),
             started: 0,
-            commits: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
         for _ in 0..capacity {
             executors.spawn()?;
@@ -405,7 +404,6 @@ impl Worker {
             }));
             let spawned = crate::notify::spawn(
                 &self.db,
-                Arc::clone(&executors.commits),
                 events_tx.clone(),
                 || Event::Wake,
                 Arc::clone(&stop_listener),
