@@ -11,7 +11,7 @@ use queue_core::{Clock, Context, Job, JobId, OperatorAction, SystemClock};
 
 use crate::connection::{AnyConnection, Backend};
 use crate::error::{Error, Result};
-use crate::store::{ListParams, SetStateParams, Store};
+use crate::store::{Family, ListParams, SetStateParams, Stats, Store, Views};
 use crate::transaction::{self, Env};
 
 /// Database used when `DATABASE_URL` is not set: a SQLite file in the working directory.
@@ -395,6 +395,31 @@ impl Database {
     /// Jobs, newest first.
     pub fn jobs(&self, params: &ListParams) -> Result<Vec<Job>> {
         self.conn()?.job_list(params)
+    }
+
+    /// Every job `params` matches, its limit aside, oldest first: the jobs a bulk action by
+    /// filter applies to.
+    pub fn job_uuids(&self, params: &ListParams) -> Result<Vec<JobId>> {
+        self.conn()?.job_uuids(params)
+    }
+
+    /// The jobs job `uuid` waits for, and the jobs waiting for it.
+    pub fn job_family(&self, uuid: &JobId) -> Result<Family> {
+        let mut conn = self.conn()?;
+        let job = conn.job_get(uuid)?.ok_or_else(|| Error::JobNotFound(uuid.to_string()))?;
+        conn.job_family(job.id)
+    }
+
+    /// Jobs per channel and state, the oldest due pending job of each channel, and the jobs
+    /// finished since each of `since`.
+    pub fn stats(&self, since: &[DateTime<Utc>]) -> Result<Stats> {
+        self.conn()?.job_stats(self.now(), since)
+    }
+
+    /// The queue's schema steps this database has not applied yet (all of them where its
+    /// tables are missing); empty when it is up to date.
+    pub fn schema_pending(&self) -> Result<Vec<&'static str>> {
+        self.conn()?.schema_pending()
     }
 }
 

@@ -120,7 +120,7 @@ pub use queue_core::{
     MockClock, OperatorAction, SystemClock,
 };
 pub use queue_derive::{Model, queueable};
-pub use store::{Conflict, ListParams, sqlstate};
+pub use store::{ChannelStats, Conflict, Family, ListParams, Stats, sqlstate};
 pub use transaction::{ConnGuard, Env, current_env, in_transaction, with_env};
 pub use worker::{Shutdown, Worker, WorkerConfig, WorkerStats};
 

@@ -74,6 +74,10 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // `chaos cli …`: the queue's command line with this binary's job functions linked in.
+    if std::env::args().nth(1).as_deref() == Some("cli") {
+        return queue_diesel::cli::main_from(std::env::args_os().skip(1));
+    }
     let args = Args::parse();
     if let Some(url) = &args.worker_of {
         // A worker process: the queue's own CLI, with quick rescue so the test moves on.

@@ -3,6 +3,7 @@
 
 mod asynchronous;
 mod channels;
+mod cli;
 mod connections;
 mod crash;
 mod dependencies;

@@ -71,7 +71,7 @@ pub(crate) fn run(
         let iso = Rc::new(Isolation::new(conn.savepoint_budget()));
         let (ending, mut queued, pattern) = match prepare(row) {
             Ok(ready) => {
-                let ran = super::run(db, conn, row.id, &ready, row.attempts, &iso, control)?;
+                let ran = super::run(db, conn, row, &ready, row.attempts, &iso, control)?;
                 took = ran.took;
                 (ran.ending, ran.queued, ready.function.retry_pattern())
             }

@@ -193,7 +193,7 @@ pub(crate) fn run(
             }
             running = Some(row.id);
             let ran = match prepare(row) {
-                Ok(ready) => super::run(db, conn, row.id, &ready, row.attempts + 1, &iso, Some(control))?,
+                Ok(ready) => super::run(db, conn, row, &ready, row.attempts + 1, &iso, Some(control))?,
                 Err(verdict) => super::Ran {
                     ending: Ending::Returned(Err(verdict)),
                     queued: Vec::new(),

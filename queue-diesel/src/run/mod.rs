@@ -13,8 +13,8 @@ pub(crate) mod alone;
 pub(crate) mod batch;
 pub(crate) mod control;
 mod isolation;
+mod report;
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,19 +58,10 @@ pub(crate) fn prepare(row: &RunRow) -> Result<Ready, JobError> {
     Ok(Ready { uuid, function, record_ids, args, context })
 }
 
-/// Call `function` in `env`, a panic caught as a failure: the one place a job body is called.
+/// Call `function` in `env`, a panic caught as a failure (its info says where it happened):
+/// the one place a job body is called.
 pub(crate) fn invoke(env: &Env, function: &JobFunction, inv: &Invocation<'_>) -> JobResult<Option<String>> {
-    catch_unwind(AssertUnwindSafe(|| (function.run)(env, inv))).unwrap_or_else(|p| Err(panic_verdict(p)))
-}
-
-/// Turn a panic payload into a failure verdict.
-fn panic_verdict(payload: Box<dyn std::any::Any + Send>) -> JobError {
-    let message = payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic with a non-text payload".to_owned());
-    JobError::Failed { name: "panic".into(), message, info: "the job function panicked".into(), source: None }
+    report::catch(|| (function.run)(env, inv))
 }
 
 /// How one job ran inside a transaction.
@@ -84,21 +75,25 @@ pub(crate) struct Ran {
     pub took: Duration,
 }
 
-/// Run `ready` (row `id`, with `attempt` its try number) inside the current transaction of
-/// `conn`, kept apart from the transaction's other jobs by `iso`. `Err` is a failure of the
-/// transaction itself (the database, or a body that closed a transaction it did not open): the
-/// caller rolls everything back.
+/// Run `ready` (claimed as `row`, with `attempt` its try number) inside the current transaction
+/// of `conn`, kept apart from the transaction's other jobs by `iso`, in a span of its own that
+/// records its start and end. `Err` is a failure of the transaction itself (the database, or a
+/// body that closed a transaction it did not open): the caller rolls everything back.
 pub(crate) fn run(
     db: &Database,
     conn: &mut AnyConnection,
-    id: i64,
+    row: &RunRow,
     ready: &Ready,
     attempt: i32,
     iso: &Rc<Isolation>,
     control: Option<&Arc<JobControl>>,
 ) -> Result<Ran, Error> {
+    let span = report::span(row, ready, attempt);
+    let _inside = span.enter();
+    let due = row.due.and_utc();
+    report::started((db.now() - due).to_std().unwrap_or_default());
     let level = depth(conn).map_err(Error::query("read the transaction depth"))?;
-    iso.start(id);
+    iso.start(row.id);
     let run =
         JobRun { uuid: ready.uuid, attempt, control: control.cloned(), isolation: Some(Rc::clone(iso)) };
     let at = Instant::now();
@@ -140,6 +135,7 @@ pub(crate) fn run(
             }
         }
     };
+    report::ended(&ending, took);
     let queued = if matches!(ending, Ending::Returned(Ok(_))) { queued } else { Vec::new() };
     Ok(Ran { ending, queued, took })
 }

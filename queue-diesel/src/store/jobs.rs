@@ -116,6 +116,9 @@ pub(super) fn list(conn: &mut AnyConnection, params: &ListParams) -> Result<Vec<
         if let Some(func) = &params.func {
             query = query.filter(dsl::func.eq(func.clone()));
         }
+        if let Some(channel) = &params.channel {
+            query = query.filter(dsl::channel.eq(channel.clone()));
+        }
         query.order(dsl::id.desc()).limit(limit).load(c)
     })
     .map_err(Error::query("list jobs"))?;

@@ -19,6 +19,7 @@ pub mod schema;
 mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+mod views;
 
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
@@ -26,6 +27,7 @@ use queue_core::{Job, JobId, JobState, NewJob, Settlement, Tries};
 
 pub use conflict::{Conflict, sqlstate};
 pub use rows::RunRow;
+pub use views::{ChannelStats, Family, Stats, Views};
 
 use crate::connection::{AnyConnection, Backend};
 use crate::error::{Error, Result};
@@ -170,6 +172,8 @@ pub struct ListParams {
     pub state: Option<JobState>,
     /// Only jobs of this function.
     pub func: Option<String>,
+    /// Only jobs of this channel (not its sub-channels).
+    pub channel: Option<String>,
     /// At most this many, newest first.
     pub limit: i64,
 }
@@ -186,6 +190,13 @@ impl ListParams {
     #[must_use]
     pub fn func(mut self, func: impl Into<String>) -> Self {
         self.func = Some(func.into());
+        self
+    }
+
+    /// Only jobs of the channel `channel` (`root.export`; not its sub-channels).
+    #[must_use]
+    pub fn channel(mut self, channel: impl Into<String>) -> Self {
+        self.channel = Some(channel.into());
         self
     }
 

@@ -159,12 +159,17 @@ pub struct RunRow {
     pub interruptions: i32,
     pub identity_key: Option<String>,
     pub isolation: i32,
+    pub channel: String,
+    /// When it became due: its eta, or when it was queued.
+    #[diesel(sql_type = diesel::sql_types::Timestamp)]
+    pub due: NaiveDateTime,
 }
 
 impl RunRow {
     /// The columns, for a claim's `SELECT` or `RETURNING`.
     pub(crate) const COLUMNS: &'static str = "id, uuid, func, record_ids, args, context, user_id, \
-         attempts, max_retries, interruptions, identity_key, isolation";
+         attempts, max_retries, interruptions, identity_key, isolation, channel, \
+         COALESCE(eta, date_created) AS due";
 
     /// Decode what running the job needs: uuid, record ids, arguments, context.
     pub fn decode(&self) -> Result<(JobId, Vec<i64>, serde_json::Value, Context)> {

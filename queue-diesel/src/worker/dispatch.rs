@@ -26,6 +26,8 @@ use crate::run::batch::{BatchReport, BatchTicket, LONG_RUN, SLOW_CLAIM, refresh_
 use crate::run::{GaveUp, JobControl, chain};
 use crate::store::{ChannelFilter, ClaimParams, RunRow, Store};
 
+/// How often a worker names the functions of pending jobs it cannot run.
+const UNKNOWN_FUNCTIONS_INTERVAL: Duration = Duration::from_secs(600);
 /// Longest pause after a failed claim (database down): doubles from 100 ms up to this.
 const MAX_CLAIM_BACKOFF: Duration = Duration::from_secs(10);
 /// What a job is assumed to take before any has run: the first batch holds
@@ -267,7 +269,9 @@ impl Worker {
             Rescuer::new(self.db.clone(), self.config.rescue_grace).with_folder(self.liveness_folder());
         let pruner = Pruner::new(self.db.clone(), self.config.retention);
         let (mut last_rescue, mut last_prune) = (Instant::now(), Instant::now());
+        let mut last_unknown = Instant::now();
         let mut backoff = Duration::from_millis(100);
+        self.report_unknown_functions();
         if mode == Mode::Serve {
             self.rescue(&rescuer, state);
         }
@@ -280,6 +284,10 @@ impl Worker {
                 if last_rescue.elapsed() >= self.config.rescue_interval {
                     last_rescue = Instant::now();
                     self.rescue(&rescuer, state);
+                }
+                if last_unknown.elapsed() >= UNKNOWN_FUNCTIONS_INTERVAL {
+                    last_unknown = Instant::now();
+                    self.report_unknown_functions();
                 }
                 if last_prune.elapsed() >= self.config.prune_interval {
                     last_prune = Instant::now();

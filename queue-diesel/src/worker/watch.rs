@@ -16,7 +16,7 @@ use crate::maintenance::Rescuer;
 use crate::run::alone::give_up;
 use crate::run::control::Running;
 use crate::run::{GaveUp, chain, timeout_verdict};
-use crate::store::Store;
+use crate::store::{Store, Views};
 
 impl Worker {
     /// How long the dispatcher may wait before it must look at its running work again.
@@ -138,6 +138,20 @@ impl Worker {
             }
         });
         state.unsettled = unsettled;
+    }
+
+    /// Name the functions of pending jobs this worker cannot run (not linked into it): they
+    /// wait for a worker that can, and an operator should know.
+    pub(super) fn report_unknown_functions(&self) {
+        let found = self.db.conn().and_then(|mut conn| conn.job_unknown_functions(&self.functions));
+        match found {
+            Ok(unknown) => {
+                for (function, jobs) in unknown {
+                    tracing::warn!(function = %function, jobs, "pending jobs of a function this worker does not have; they wait for a worker that does");
+                }
+            }
+            Err(e) => tracing::warn!(error = %chain(&e), "cannot look for pending jobs of unknown functions"),
+        }
     }
 
     /// One rescue pass: jobs whose worker is gone, and jobs a dead worker was running in batches.

@@ -13,18 +13,26 @@
 //! }
 //! ```
 
+mod jobs;
+mod logging;
+mod output;
+mod overview;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use queue_core::{ChannelConfig, JobId, JobState, OperatorAction};
+use queue_core::ChannelConfig;
 
+pub use jobs::{Act, Filter, JobsCommand};
+pub use logging::{LogFormat, parse_filter};
+
+use crate::connection::Backend;
 use crate::database::{DEFAULT_DATABASE_URL, Database};
 use crate::error::{Error, Result};
 use crate::function::registry;
 use crate::maintenance::Retention;
 use crate::maintenance::pruner::parse_keep;
-use crate::store::{ListParams, PruneParams, Store};
 use crate::worker::{Shutdown, Worker, WorkerConfig};
 
 /// Command line of `queue-worker`.
@@ -34,6 +42,10 @@ pub struct Cli {
     /// Database: a SQLite file path or a postgres:// URL.
     #[arg(long, global = true, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
+    /// How log lines look: text (coloured on a terminal) or json (one object per line). Which
+    /// lines: QUEUE_LOG, else RUST_LOG (a level, or directives like "info,my_app=debug").
+    #[arg(long, global = true, env = "QUEUE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -46,11 +58,31 @@ pub enum Command {
     Run(RunArgs),
     /// Create or update the queue's tables, then exit; or print them as SQL (--print).
     Migrate(MigrateArgs),
-    /// Look at jobs.
+    /// Look at jobs, and act on them.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// Jobs per channel and state, the oldest pending job of each channel, and the jobs
+    /// finished in the last minutes.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The configured channels: capacity, running, pending and failed jobs, oldest pending job.
+    Channels {
+        /// Channels and capacities, as given to `run`.
+        #[arg(long, env = "QUEUE_CHANNELS", default_value = "root:1")]
+        channels: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the job functions linked into this binary.
-    Functions,
+    Functions {
+        /// Print JSON, with each function's options.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Options of `migrate`.
@@ -113,62 +145,26 @@ pub struct RunArgs {
     pub state_dir: Option<std::path::PathBuf>,
 }
 
-/// `jobs` subcommands.
-#[derive(Debug, Subcommand)]
-pub enum JobsCommand {
-    /// Jobs, newest first.
-    List {
-        /// Only jobs in this state (pending, started, done, failed, cancelled, …).
-        #[arg(long)]
-        state: Option<String>,
-        /// Only jobs of this function.
-        #[arg(long)]
-        func: Option<String>,
-        /// At most this many.
-        #[arg(long, default_value_t = 50)]
-        limit: i64,
-    },
-    /// Everything about one job.
-    Show {
-        /// The job's uuid.
-        uuid: String,
-    },
-    /// Number of jobs per state.
-    Count,
-    /// Run failed or cancelled jobs again, from zero tries.
-    Requeue {
-        /// Job uuids.
-        #[arg(required = true)]
-        uuids: Vec<String>,
-    },
-    /// Cancel jobs that have not finished.
-    Cancel {
-        /// Job uuids.
-        #[arg(required = true)]
-        uuids: Vec<String>,
-    },
-    /// Mark jobs done without running them.
-    Done {
-        /// Job uuids.
-        #[arg(required = true)]
-        uuids: Vec<String>,
-    },
-    /// Delete finished jobs that finished more than a given time ago.
-    Prune {
-        /// Age past which finished jobs are deleted: "7d", "12h", "0s" for all.
-        #[arg(long)]
-        older_than: String,
-        /// Which finished states: done, cancelled, failed (repeat or separate with commas).
-        #[arg(long, value_delimiter = ',', default_values_t = ["done".to_owned(), "cancelled".to_owned()])]
-        state: Vec<String>,
-    },
-}
-
 /// Parse the process arguments, run, and turn the outcome into an exit code (errors are printed
 /// with their causes).
 pub fn main() -> ExitCode {
-    init_logging();
-    let cli = Cli::parse();
+    main_from(std::env::args_os())
+}
+
+/// [`main`] with these arguments (the first is the program's name).
+pub fn main_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let Err(e) = logging::init(cli.log_format) {
+        eprintln!("queue-worker: {}", crate::run::chain(&e));
+        return ExitCode::from(2);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -178,13 +174,70 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Log to stderr at the level in `QUEUE_LOG` (error, warn, info, debug, trace; default info).
-pub fn init_logging() {
-    let level = std::env::var("QUEUE_LOG")
-        .ok()
-        .and_then(|l| l.parse::<tracing::Level>().ok())
-        .unwrap_or(tracing::Level::INFO);
-    let _ = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).try_init();
+/// Log to standard error as `queue-worker` does: the filter in `QUEUE_LOG`, else `RUST_LOG`,
+/// else `info`; text, or JSON when `QUEUE_LOG_FORMAT=json`. For an application's own worker
+/// binary that does not go through [`main`].
+pub fn init_logging() -> Result<()> {
+    let format = match std::env::var("QUEUE_LOG_FORMAT").as_deref() {
+        Ok("json") => LogFormat::Json,
+        Ok("text") | Ok("") | Err(_) => LogFormat::Text,
+        Ok(other) => {
+            return Err(Error::Config(format!("QUEUE_LOG_FORMAT={other:?}: expected text or json")));
+        }
+    };
+    logging::init(format)
+}
+
+/// File name endings taken for SQLite databases when the URL has no scheme.
+const SQLITE_EXTENSIONS: [&str; 5] = ["sqlite", "sqlite3", "db", "db3", "s3db"];
+
+/// Refuse a URL that is neither a known scheme nor a file path with a SQLite ending: a typo
+/// must not create a stray database file.
+pub fn check_url(url: &str) -> Result<Backend> {
+    let backend = Backend::from_url(url)?;
+    let lower = url.trim().to_ascii_lowercase();
+    let explicit = lower.starts_with("sqlite:") || lower.starts_with("file:");
+    let path = std::path::Path::new(url.trim());
+    let known = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| SQLITE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
+    if backend == Backend::Sqlite && !explicit && !known {
+        return Err(Error::Config(format!(
+            "{:?} is neither a postgres:// URL nor a SQLite file ending in .{}; write sqlite://{} to use that file anyway",
+            crate::database::redact(url),
+            SQLITE_EXTENSIONS.join(", ."),
+            url.trim()
+        )));
+    }
+    Ok(backend)
+}
+
+/// Open a database that already holds the queue's tables, up to date, without creating or
+/// changing anything: a missing or unmigrated database is an error that says to migrate.
+pub fn open_existing(url: &str) -> Result<Database> {
+    let backend = check_url(url)?;
+    if backend == Backend::Sqlite {
+        let file = url.trim().strip_prefix("sqlite://").unwrap_or(url.trim());
+        let file = file.split('?').next().unwrap_or(file);
+        if !std::path::Path::new(file).exists() {
+            return Err(Error::Config(format!(
+                "there is no database at {file:?}; create it with `queue-worker migrate`, or give --database-url"
+            )));
+        }
+    }
+    let db = Database::builder(url).migrate(false).pool_size(2).open()?;
+    let pending = db.schema_pending()?;
+    if !pending.is_empty() {
+        let all = pending.len() == crate::store::schema::steps(backend).len();
+        let what = if all {
+            "has no queue tables".to_owned()
+        } else {
+            format!("has queue tables {} step(s) behind this binary", pending.len())
+        };
+        return Err(Error::Config(format!("{} {what}: run `queue-worker migrate` first", db.url())));
+    }
+    Ok(db)
 }
 
 /// Run a parsed command line.
@@ -198,6 +251,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             // Room for a replacement executor per overrunning job still holding its connection.
             let pool = u32::try_from(2 * channels.total_capacity() + 2).unwrap_or(u32::MAX);
+            check_url(&cli.database_url)?;
             let db = Database::builder(&cli.database_url).worker(true).pool_size(pool.max(4)).open()?;
             let config = WorkerConfig {
                 channels,
@@ -236,108 +290,24 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Migrate(_) => {
+            check_url(&cli.database_url)?;
             let db = Database::builder(&cli.database_url).migrate(false).open()?;
             db.migrate()?;
             println!("queue schema is up to date ({})", db.url());
             Ok(())
         }
-        Command::Functions => {
-            let names = registry()?.names();
-            if names.is_empty() {
-                println!("no job function is linked into this binary");
-            }
-            for name in names {
-                println!("{name}");
-            }
-            Ok(())
-        }
-        Command::Jobs(command) => {
-            let db = Database::open(&cli.database_url)?;
-            let mut conn = db.conn()?;
-            match command {
-                JobsCommand::List { state, func, limit } => {
-                    let state = state.map(|s| s.parse::<JobState>()).transpose()?;
-                    let jobs = conn.job_list(&ListParams { state, func, limit })?;
-                    println!(
-                        "{:<36}  {:<17}  {:>4}  {:<16}  {:>3}  FUNCTION",
-                        "UUID", "STATE", "PRIO", "CHANNEL", "TRY"
-                    );
-                    for job in jobs {
-                        println!(
-                            "{:<36}  {:<17}  {:>4}  {:<16}  {:>3}  {}",
-                            job.uuid, job.state, job.priority, job.channel, job.attempts, job.func
-                        );
-                    }
-                    Ok(())
-                }
-                JobsCommand::Requeue { uuids } => act(&db, &uuids, OperatorAction::Requeue),
-                JobsCommand::Cancel { uuids } => act(&db, &uuids, OperatorAction::Cancel),
-                JobsCommand::Done { uuids } => act(&db, &uuids, OperatorAction::SetDone),
-                JobsCommand::Show { uuid } => {
-                    let id = parse_uuid(&uuid)?;
-                    let job = conn.job_get(&id)?.ok_or_else(|| Error::JobNotFound(uuid.clone()))?;
-                    print!("{}", show(&job));
-                    Ok(())
-                }
-                JobsCommand::Prune { older_than, state } => {
-                    let states =
-                        state.iter().map(|s| s.parse::<JobState>()).collect::<Result<Vec<_>, _>>()?;
-                    let age = if older_than.trim() == "0s" || older_than.trim() == "0" {
-                        Duration::ZERO
-                    } else {
-                        queue_core::options::parse_duration(&older_than)?
-                    };
-                    let mut deleted = 0;
-                    // `None`: older than any date, so nothing is that old.
-                    while let Some(before) = crate::maintenance::pruner::cutoff(db.now(), age) {
-                        let n = conn.job_prune(&PruneParams { states: &states, before, limit: 5_000 })?;
-                        deleted += n;
-                        if n < 5_000 {
-                            break;
-                        }
-                    }
-                    println!("deleted {deleted} job(s)");
-                    Ok(())
-                }
-                JobsCommand::Count => {
-                    for (state, n) in conn.job_count_by_state()? {
-                        println!("{state:<17} {n}");
-                    }
-                    Ok(())
-                }
-            }
+        Command::Functions { json } => overview::functions(json),
+        Command::Jobs(command) => jobs::run(&open_existing(&cli.database_url)?, command),
+        Command::Stats { json } => overview::stats(&open_existing(&cli.database_url)?, json),
+        Command::Channels { channels, json } => {
+            let config: ChannelConfig = channels.parse()?;
+            overview::channels(&open_existing(&cli.database_url)?, &config, json)
         }
     }
-}
-
-fn parse_uuid(text: &str) -> Result<JobId> {
-    text.parse().map_err(|_| Error::Config(format!("expected a job uuid, got {text:?}")))
-}
-
-/// Apply an operator action to each job; report each, fail if any was refused.
-fn act(db: &Database, uuids: &[String], action: OperatorAction) -> Result<()> {
-    let mut refused = 0;
-    for text in uuids {
-        match parse_uuid(text).and_then(|id| db.job_action(&id, action)) {
-            Ok(job) => println!("{} {}", job.uuid, job.state),
-            Err(e) => {
-                eprintln!("{text}: {e}");
-                refused += 1;
-            }
-        }
-    }
-    if refused > 0 {
-        return Err(Error::Config(format!(
-            "{refused} of {} job(s) refused to {}",
-            uuids.len(),
-            action.verb()
-        )));
-    }
-    Ok(())
 }
 
 /// A job as `name: value` lines.
-fn show(job: &queue_core::Job) -> String {
+pub(super) fn show(job: &queue_core::Job) -> String {
     let opt = |v: &Option<String>| v.clone().unwrap_or_default();
     let time = |v: Option<chrono::DateTime<chrono::Utc>>| v.map(|t| t.to_rfc3339()).unwrap_or_default();
     let fields = [
