@@ -334,6 +334,12 @@ impl Database {
         self.inner.pool.get().map_err(|e| Error::Connect { url: self.url(), source: Box::new(e) })
     }
 
+    /// The pool's connections: how many are open, and how many of those are idle.
+    pub fn pool_state(&self) -> (u32, u32) {
+        let state = self.inner.pool.state();
+        (state.connections, state.idle_connections)
+    }
+
     /// Bring the queue's tables up to date.
     pub fn migrate(&self) -> Result<()> {
         self.conn()?.schema_migrate()

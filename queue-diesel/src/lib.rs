@@ -91,6 +91,21 @@ macro_rules! internal {
 pub mod asynchronous;
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+/// Without the `metrics` feature, nothing is counted.
+#[cfg(not(feature = "metrics"))]
+pub(crate) mod metrics {
+    use std::time::Duration;
+
+    use queue_core::JobState;
+
+    pub(crate) fn job_started(_function: &str, _channel: &str, _latency: Duration) {}
+    pub(crate) fn job_ran(_function: &str, _channel: &str, _took: Duration) {}
+    pub(crate) fn job_ended(_function: &str, _channel: &str, _state: JobState) {}
+    pub(crate) fn job_rescued(_function: &str, _channel: &str) {}
+    pub(crate) fn batch_ran(_jobs: usize) {}
+}
 mod connection;
 mod delay;
 mod error;

@@ -8,6 +8,7 @@ mod connections;
 mod crash;
 mod dependencies;
 mod isolation;
+mod metrics;
 mod migrations;
 mod modes;
 mod operator;

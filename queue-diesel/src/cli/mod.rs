@@ -143,6 +143,10 @@ pub struct RunArgs {
     /// (default: beside a SQLite database, or in the temporary directory for PostgreSQL).
     #[arg(long, env = "QUEUE_STATE_DIR")]
     pub state_dir: Option<std::path::PathBuf>,
+    /// Serve Prometheus metrics at http://ADDRESS/metrics, e.g. 127.0.0.1:9187 (they show job
+    /// names and counts: keep the address private).
+    #[arg(long, env = "QUEUE_METRICS", value_name = "ADDRESS")]
+    pub metrics: Option<String>,
 }
 
 /// Parse the process arguments, run, and turn the outcome into an exit code (errors are printed
@@ -253,6 +257,9 @@ pub fn run(cli: Cli) -> Result<()> {
             let pool = u32::try_from(2 * channels.total_capacity() + 2).unwrap_or(u32::MAX);
             check_url(&cli.database_url)?;
             let db = Database::builder(&cli.database_url).worker(true).pool_size(pool.max(4)).open()?;
+            if let Some(address) = &args.metrics {
+                crate::metrics::serve(address, db.clone(), channels.clone())?;
+            }
             let config = WorkerConfig {
                 channels,
                 poll_interval: args.poll_interval_ms.map(Duration::from_millis),

@@ -73,8 +73,10 @@ impl Rescuer {
         }
         let rescued =
             conn.job_rescue_orphaned(&RescueParams { cutoff, now, dead_workers: dead.as_deref() })?;
-        for (_, state) in rescued {
-            if state == queue_core::JobState::Failed {
+        for job in rescued {
+            crate::metrics::job_rescued(&job.func, &job.channel);
+            crate::metrics::job_ended(&job.func, &job.channel, job.state);
+            if job.state == queue_core::JobState::Failed {
                 stats.failed += 1;
             } else {
                 stats.requeued += 1;

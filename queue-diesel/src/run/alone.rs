@@ -91,7 +91,10 @@ pub(crate) fn run(
                 now: db.now(),
             };
             match conn.job_settle(&params) {
-                Ok(true) => break,
+                Ok(true) => {
+                    crate::metrics::job_ended(&row.func, &row.channel, settlement.state);
+                    break;
+                }
                 Ok(false) => return Err(Abort::LeaseLost),
                 Err(e) if iso.recover(conn, &e).is_some() => {
                     iso.take_blamed();
@@ -170,10 +173,18 @@ pub(crate) fn settle_id(
             }
             _ => return Ok(None),
         };
+        let died = matches!(ending, Ending::Died { .. });
         let settlement = settle(ending, tries, pattern.as_ref());
         let now = db.now();
         let params = SettleParams { id, hold, settlement: &settlement, worker_id, started: now, now };
-        Ok(conn.job_settle(&params)?.then_some(settlement.state))
+        let stored = conn.job_settle(&params)?;
+        if stored {
+            if died {
+                crate::metrics::job_rescued(&standing.func, &standing.channel);
+            }
+            crate::metrics::job_ended(&standing.func, &standing.channel, settlement.state);
+        }
+        Ok(stored.then_some(settlement.state))
     })
 }
 

@@ -217,6 +217,7 @@ pub(crate) fn run(
             }
             match ran.ending {
                 Ending::Returned(Ok(result)) => {
+                    crate::metrics::job_ended(&row.func, &row.channel, queue_core::JobState::Done);
                     books.done.push((row.id, result));
                     books.queued.push((row.id, ran.queued));
                 }
@@ -252,6 +253,7 @@ pub(crate) fn run(
         refresh_statistics(conn);
     }
     report.per_job = (runs > 0).then(|| busy / runs);
+    crate::metrics::batch_ran(runs as usize);
     report.ran = runs as usize;
     match outcome {
         Ok((finished, queued)) => {
@@ -287,6 +289,7 @@ fn store(
     }
     iso.wrote();
     books.settled += 1;
+    crate::metrics::job_ended(&row.func, &row.channel, settlement.state);
     Ok(())
 }
 

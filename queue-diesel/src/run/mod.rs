@@ -91,7 +91,7 @@ pub(crate) fn run(
     let span = report::span(row, ready, attempt);
     let _inside = span.enter();
     let due = row.due.and_utc();
-    report::started((db.now() - due).to_std().unwrap_or_default());
+    report::started(row, (db.now() - due).to_std().unwrap_or_default());
     let level = depth(conn).map_err(Error::query("read the transaction depth"))?;
     iso.start(row.id);
     let run =
@@ -135,7 +135,7 @@ pub(crate) fn run(
             }
         }
     };
-    report::ended(&ending, took);
+    report::ended(row, &ending, took);
     let queued = if matches!(ending, Ending::Returned(Ok(_))) { queued } else { Vec::new() };
     Ok(Ran { ending, queued, took })
 }

@@ -27,13 +27,15 @@ pub(crate) fn span(row: &RunRow, ready: &Ready, attempt: i32) -> tracing::Span {
     )
 }
 
-/// The run starts, `latency` after it became due.
-pub(crate) fn started(latency: Duration) {
+/// The run of `row` starts, `latency` after it became due.
+pub(crate) fn started(row: &RunRow, latency: Duration) {
+    crate::metrics::job_started(&row.func, &row.channel, latency);
     tracing::info!(latency_ms = millis(latency), "job started");
 }
 
-/// The run ended so, after `took`.
-pub(crate) fn ended(ending: &Ending, took: Duration) {
+/// The run of `row` ended so, after `took`.
+pub(crate) fn ended(row: &RunRow, ending: &Ending, took: Duration) {
+    crate::metrics::job_ran(&row.func, &row.channel, took);
     let ms = millis(took);
     match ending {
         Ending::Returned(Ok(_)) => tracing::info!(duration_ms = ms, verdict = "done", "job ran"),

@@ -242,8 +242,10 @@ pub(super) fn standing(conn: &mut AnyConnection, id: i64) -> Result<Option<Stand
         dsl::interruptions,
         dsl::isolation,
         dsl::lease_token,
+        dsl::func,
+        dsl::channel,
     ));
-    type Found = (String, i32, i32, i32, i32, Option<String>);
+    type Found = (String, i32, i32, i32, i32, Option<String>, String, String);
     let found: Option<Found> = match conn {
         #[cfg(feature = "sqlite")]
         AnyConnection::Sqlite(c) => target.first(c).optional(),
@@ -251,7 +253,7 @@ pub(super) fn standing(conn: &mut AnyConnection, id: i64) -> Result<Option<Stand
         AnyConnection::Postgres(c) => target.for_update().first(c).optional(),
     }
     .map_err(Error::query("read where a job stands"))?;
-    let Some((state, attempts, max_retries, interruptions, isolation, lease_token)) = found else {
+    let Some((state, attempts, max_retries, interruptions, isolation, lease_token, func, channel)) = found else {
         return Ok(None);
     };
     let isolation = queue_core::Isolation::from_level(isolation);
@@ -259,5 +261,7 @@ pub(super) fn standing(conn: &mut AnyConnection, id: i64) -> Result<Option<Stand
         state: state.parse::<JobState>()?,
         tries: queue_core::Tries { before: attempts, max_retries, interruptions, isolation },
         lease_token,
+        func,
+        channel,
     }))
 }

@@ -240,10 +240,12 @@ pub(super) fn prune(conn: &mut AnyConnection, p: &PruneParams<'_>) -> Result<usi
 pub(super) fn rescue_orphaned(
     conn: &mut AnyConnection,
     p: &RescueParams<'_>,
-) -> Result<Vec<(i64, JobState)>> {
+) -> Result<Vec<super::Rescued>> {
     let sql = Sql::rescue(p, conn.backend());
     let rows: Vec<RescuedRow> = conn.load_sql(&sql, "rescue orphaned jobs")?;
-    rows.into_iter().map(|r| Ok((r.id, r.state.parse::<JobState>()?))).collect()
+    rows.into_iter()
+        .map(|r| Ok(super::Rescued { id: r.id, state: r.state.parse::<JobState>()?, func: r.func, channel: r.channel }))
+        .collect()
 }
 
 pub(super) fn started_workers(conn: &mut AnyConnection, cutoff: DateTime<Utc>) -> Result<Vec<String>> {

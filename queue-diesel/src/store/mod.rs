@@ -217,6 +217,23 @@ pub struct Standing {
     pub tries: Tries,
     /// Its lease, when it is `started`.
     pub lease_token: Option<String>,
+    /// Its function.
+    pub func: String,
+    /// Its channel.
+    pub channel: String,
+}
+
+/// A job put back or failed because its worker was gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rescued {
+    /// Its row id.
+    pub id: i64,
+    /// Its state now.
+    pub state: JobState,
+    /// Its function.
+    pub func: String,
+    /// Its channel.
+    pub channel: String,
 }
 
 /// How to reach a connection's session from another thread, to end it: what a worker does to
@@ -308,7 +325,7 @@ pub trait Store {
     /// Put `started` jobs whose worker is gone back to `pending` (their try counted, to run
     /// alone from now on), or fail them when their tries are spent. Returns each rescued job's
     /// id and new state.
-    fn job_rescue_orphaned(&mut self, params: &RescueParams<'_>) -> Result<Vec<(i64, JobState)>>;
+    fn job_rescue_orphaned(&mut self, params: &RescueParams<'_>) -> Result<Vec<Rescued>>;
     /// Workers of the jobs `started` before `cutoff` (for the SQLite rescuer's liveness check).
     fn job_started_workers(&mut self, cutoff: DateTime<Utc>) -> Result<Vec<String>>;
     /// Give jobs back (`started` → `pending`) without counting the try, if the lease holds.
@@ -476,7 +493,7 @@ impl Store for AnyConnection {
         jobs::set_state(self, params)
     }
 
-    fn job_rescue_orphaned(&mut self, params: &RescueParams<'_>) -> Result<Vec<(i64, JobState)>> {
+    fn job_rescue_orphaned(&mut self, params: &RescueParams<'_>) -> Result<Vec<Rescued>> {
         jobs::rescue_orphaned(self, params)
     }
 

@@ -209,6 +209,10 @@ pub(super) struct RescuedRow {
     pub(super) id: i64,
     #[diesel(sql_type = diesel::sql_types::Text)]
     pub(super) state: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub(super) func: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub(super) channel: String,
 }
 
 /// A job at the head of a channel: enough to tell whether a claim may take it.

@@ -172,7 +172,7 @@ impl Sql {
             ));
         }
         sql.push(")");
-        sql.push(" RETURNING id, state");
+        sql.push(" RETURNING id, state, func, channel");
         sql
     }
 
