@@ -59,6 +59,7 @@
 //! | `liveness` | how a worker shows it is alive and records what it runs, without writes |
 //! | `maintenance` | rescue of jobs whose worker is gone, pruning of old jobs |
 //! | [`cli`] | the `queue-worker` command, reusable in an application's own worker binary |
+//! | [`metrics`] | Prometheus metrics of the jobs a process runs, and of its queue |
 //! | [`testing`] | trap, assert and perform queued jobs in an application's tests |
 //!
 //! ## Features
@@ -68,7 +69,8 @@
 //! | `sqlite` | yes | SQLite, through Diesel's `SqliteConnection` |
 //! | `postgres` | yes | PostgreSQL, through Diesel's `PgConnection` (libpq) |
 //! | `bundled` | yes | build SQLite, and with `postgres` libpq and OpenSSL (TLS), from source: no system library needed |
-//! | `cli` | yes | the `queue-worker` command line ([`cli`]); brings `sqlite` |
+//! | `cli` | yes | the `queue-worker` command line ([`cli`]); brings `sqlite` and `metrics` |
+//! | `metrics` | with `cli` | Prometheus metrics ([`metrics`]) |
 //! | `tokio` | no | async job methods run inside a Tokio runtime; `Database::spawn_transaction` for async handlers |
 //! | `internals` | no | the storage, liveness and maintenance internals, for this project's own tests and benchmark; not a stable API |
 //!
