@@ -326,6 +326,20 @@ impl Partner {
         std::thread::sleep(Duration::from_millis(millis));
         Ok(())
     }
+
+    /// Reports its progress over `steps` steps of `step_ms` each, then fails when told to.
+    #[job(max_retries = 1)]
+    pub fn progresses(_records: Vec<Partner>, env: &Env, steps: u64, step_ms: u64, fail: bool) -> JobResult {
+        for step in 0..steps {
+            env.progress(step, steps);
+            std::thread::sleep(Duration::from_millis(step_ms));
+        }
+        env.progress(steps, steps);
+        if fail {
+            return Err(JobError::failed("ProgressError", "failed after the last step"));
+        }
+        Ok(())
+    }
 }
 
 /// Append `line` to the file at `path`.

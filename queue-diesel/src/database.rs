@@ -172,6 +172,7 @@ impl DatabaseBuilder {
                 max_args_bytes: self.max_args_bytes,
                 clock: self.clock,
                 wakers: std::sync::Mutex::new(Vec::new()),
+                progress: std::sync::OnceLock::new(),
             }),
         };
         if self.migrate {
@@ -199,6 +200,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// Workers of this process to wake when a transaction of this process queues jobs.
     wakers: std::sync::Mutex<Vec<(u64, Waker)>>,
+    /// Stores the progress jobs of this process report, once one does.
+    progress: std::sync::OnceLock<crate::progress::Writer>,
 }
 
 /// Wakes one worker.
@@ -332,6 +335,22 @@ impl Database {
     /// A connection from the pool.
     pub fn conn(&self) -> Result<PooledConn> {
         self.inner.pool.get().map_err(|e| Error::Connect { url: self.url(), source: Box::new(e) })
+    }
+
+    /// Job `id` of this database says it is at `progress`: stored soon, outside its transaction.
+    pub(crate) fn report_progress(&self, id: i64, progress: crate::progress::Progress) {
+        self.inner
+            .progress
+            .get_or_init(|| crate::progress::Writer::start(self.inner.url.clone(), self.inner.backend))
+            .report(id, progress);
+    }
+
+    /// The progress job `uuid` last reported ([`Env::progress`]), if it reported any since it
+    /// was queued or requeued.
+    pub fn job_progress(&self, uuid: &JobId) -> Result<Option<crate::progress::Progress>> {
+        let mut conn = self.conn()?;
+        let job = conn.job_get(uuid)?.ok_or_else(|| Error::JobNotFound(uuid.to_string()))?;
+        conn.job_progress(job.id)
     }
 
     /// The pool's connections: how many are open, and how many of those are idle.

@@ -95,6 +95,8 @@ pub mod asynchronous;
 pub mod cli;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+mod progress;
+pub use progress::Progress;
 /// Without the `metrics` feature, nothing is counted.
 #[cfg(not(feature = "metrics"))]
 pub(crate) mod metrics {
@@ -107,6 +109,8 @@ pub(crate) mod metrics {
     pub(crate) fn job_ended(_function: &str, _channel: &str, _state: JobState) {}
     pub(crate) fn job_rescued(_function: &str, _channel: &str) {}
     pub(crate) fn batch_ran(_jobs: usize) {}
+    pub(crate) fn job_progress(_uuid: &queue_core::JobId, _function: &str, _ratio: f64) {}
+    pub(crate) fn job_progress_end(_uuid: &str, _function: &str) {}
 }
 mod connection;
 mod delay;

@@ -11,6 +11,7 @@
 //! | `queue_job_run_seconds` | histogram | function, channel |
 //! | `queue_job_latency_seconds` (from due to start) | histogram | function, channel |
 //! | `queue_batch_jobs` (jobs per batch transaction) | histogram | |
+//! | `queue_job_progress_ratio` (running jobs that reported progress) | gauge | uuid, function |
 //! | `queue_jobs` (read from the database at each scrape) | gauge | channel, state |
 //! | `queue_channel_running`, `queue_channel_capacity` | gauge | channel (as configured) |
 //! | `queue_pool_connections` | gauge | state (idle, busy) |
@@ -37,6 +38,12 @@ use crate::error::{Error, Result};
 struct JobLabels {
     function: String,
     channel: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProgressLabels {
+    uuid: String,
+    function: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -73,6 +80,7 @@ struct Metrics {
     run: Seconds,
     latency: Seconds,
     batch: Histogram,
+    progress: Family<ProgressLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -112,7 +120,25 @@ pub fn enable() {
         );
         let batch = Histogram::new(exponential_buckets(1.0, 2.0, 10));
         registry.register("queue_batch_jobs", "Jobs run per batch transaction", batch.clone());
-        Metrics { registry, started, done, failed, retried, cancelled, rescued, run, latency, batch }
+        let progress = Family::<ProgressLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "queue_job_progress_ratio",
+            "How far running jobs of this process said they are, 0 to 1",
+            progress.clone(),
+        );
+        Metrics {
+            registry,
+            started,
+            done,
+            failed,
+            retried,
+            cancelled,
+            rescued,
+            run,
+            latency,
+            batch,
+            progress,
+        }
     });
     ENABLED.store(true, Ordering::Relaxed);
 }
@@ -154,6 +180,21 @@ pub(crate) fn job_ended(function: &str, channel: &str, state: JobState) {
 pub(crate) fn job_rescued(function: &str, channel: &str) {
     if let Some(m) = metrics() {
         m.rescued.get_or_create(&labels(function, channel)).inc();
+    }
+}
+
+/// A running job said it is `ratio` of the way.
+pub(crate) fn job_progress(uuid: &queue_core::JobId, function: &str, ratio: f64) {
+    if let Some(m) = metrics() {
+        let labels = ProgressLabels { uuid: uuid.to_string(), function: function.to_owned() };
+        m.progress.get_or_create(&labels).set(ratio);
+    }
+}
+
+/// A job's run ended: its progress is no longer shown.
+pub(crate) fn job_progress_end(uuid: &str, function: &str) {
+    if let Some(m) = metrics() {
+        m.progress.remove(&ProgressLabels { uuid: uuid.to_owned(), function: function.to_owned() });
     }
 }
 

@@ -77,5 +77,19 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// How far running jobs say they are: one row per job that reported progress.
+    queue_job_progress (job_id) {
+        /// The job's row id.
+        job_id -> BigInt,
+        /// Units done.
+        done -> BigInt,
+        /// Units in all.
+        total -> BigInt,
+        /// When it was reported.
+        updated_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(queue_job_dependency -> queue_job (parent_id));
-diesel::allow_tables_to_appear_in_same_query!(queue_job, queue_job_dependency);
+diesel::allow_tables_to_appear_in_same_query!(queue_job, queue_job_dependency, queue_job_progress);

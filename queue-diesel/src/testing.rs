@@ -144,7 +144,14 @@ impl JobsTrap {
                     conn,
                     job.context.clone(),
                     db.clone(),
-                    Some(JobRun { uuid: job.uuid, attempt: 1, control: None, isolation: None }),
+                    Some(JobRun {
+                        uuid: job.uuid,
+                        id: None,
+                        func: function.name(),
+                        attempt: 1,
+                        control: None,
+                        isolation: None,
+                    }),
                     |env| crate::run::invoke(env, function, &inv).map_err(Performing::Verdict),
                 )
             });

@@ -65,6 +65,10 @@ impl<C> std::fmt::Debug for Env<C> {
 #[derive(Debug, Clone)]
 pub(crate) struct JobRun {
     pub uuid: JobId,
+    /// Its row id, when the job is stored (not in tests' `perform`).
+    pub id: Option<i64>,
+    /// Its function's name.
+    pub func: &'static str,
     pub attempt: i32,
     pub control: Option<std::sync::Arc<crate::run::JobControl>>,
     /// The savepoints that keep the job's writes apart from its transaction's other jobs.
@@ -167,6 +171,22 @@ impl<C: JobConnection> Env<C> {
     /// at the call (no-delay mode).
     pub fn attempt(&self) -> i32 {
         self.scope.job.as_ref().map_or(0, |run| run.attempt)
+    }
+
+    /// Tell how far the job is: `done` of `total` units. Stored outside the job's transaction
+    /// (so it shows while the job runs, and stays if the job fails) by a thread of this
+    /// process, at most four times a second, the latest value winning; shown by
+    /// `queue-worker jobs show`, [`Database::job_progress`] and the metrics. Cheap enough to
+    /// call for every unit. Outside a stored job's run it does nothing. On SQLite a job run
+    /// alone holds the only write lock for its whole run: its progress lands when it ends.
+    pub fn progress(&self, done: u64, total: u64) {
+        let Some(run) = &self.scope.job else { return };
+        let at = self.scope.db.now();
+        let progress = crate::progress::Progress { done, total, at };
+        crate::metrics::job_progress(&run.uuid, run.func, progress.ratio());
+        if let Some(id) = run.id {
+            self.scope.db.report_progress(id, progress);
+        }
     }
 
     /// True once the worker has given up on this run (its timeout passed): the job's outcome

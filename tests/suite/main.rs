@@ -14,6 +14,7 @@ mod modes;
 mod operator;
 mod options;
 mod outcomes;
+mod progress;
 mod rescue;
 mod store;
 mod testing;

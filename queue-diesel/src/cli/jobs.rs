@@ -142,10 +142,27 @@ pub(super) fn run(db: &Database, command: JobsCommand) -> Result<()> {
             let id = parse_uuid(&uuid)?;
             let job = conn.job_get(&id)?.ok_or_else(|| Error::JobNotFound(uuid.clone()))?;
             let family = conn.job_family(job.id)?;
+            let progress = conn.job_progress(job.id)?;
             if json {
-                return print_json(&job_json(&job, Some(&family)));
+                let mut value = job_json(&job, Some(&family));
+                if let Value::Object(map) = &mut value {
+                    let progress =
+                        progress.map(|p| json!({"done": p.done, "total": p.total, "at": p.at.to_rfc3339()}));
+                    map.insert("progress".into(), progress.unwrap_or(Value::Null));
+                }
+                return print_json(&value);
             }
             print!("{}", super::show(&job));
+            if let Some(p) = progress {
+                let percent = (p.ratio() * 100.0).round();
+                println!(
+                    "{:<13} {} of {} ({percent}%), at {}",
+                    "progress",
+                    p.done,
+                    p.total,
+                    p.at.to_rfc3339()
+                );
+            }
             for (name, jobs) in [("parents", &family.parents), ("children", &family.children)] {
                 let list: Vec<String> =
                     jobs.iter().map(|(uuid, state)| format!("{uuid} ({state})")).collect();

@@ -94,8 +94,14 @@ pub(crate) fn run(
     report::started(row, (db.now() - due).to_std().unwrap_or_default());
     let level = depth(conn).map_err(Error::query("read the transaction depth"))?;
     iso.start(row.id);
-    let run =
-        JobRun { uuid: ready.uuid, attempt, control: control.cloned(), isolation: Some(Rc::clone(iso)) };
+    let run = JobRun {
+        uuid: ready.uuid,
+        id: Some(row.id),
+        func: ready.function.name(),
+        attempt,
+        control: control.cloned(),
+        isolation: Some(Rc::clone(iso)),
+    };
     let at = Instant::now();
     let (outcome, queued) = Env::enter(conn, ready.context.clone(), db.clone(), Some(run), |env| {
         let inv =

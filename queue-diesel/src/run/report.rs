@@ -36,6 +36,7 @@ pub(crate) fn started(row: &RunRow, latency: Duration) {
 /// The run of `row` ended so, after `took`.
 pub(crate) fn ended(row: &RunRow, ending: &Ending, took: Duration) {
     crate::metrics::job_ran(&row.func, &row.channel, took);
+    crate::metrics::job_progress_end(&row.uuid, &row.func);
     let ms = millis(took);
     match ending {
         Ending::Returned(Ok(_)) => tracing::info!(duration_ms = ms, verdict = "done", "job ran"),

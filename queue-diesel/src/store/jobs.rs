@@ -162,6 +162,9 @@ pub(super) fn set_state(conn: &mut AnyConnection, p: &SetStateParams<'_>) -> Res
             .get_result(c))
         .map_err(Error::query("check the parents of a job"))?;
         let state = if open > 0 { JobState::WaitDependencies } else { JobState::Pending };
+        if let Some(id) = me {
+            super::progress::forget(conn, id)?;
+        }
         let changes = (
             dsl::state.eq(state.as_str()),
             dsl::attempts.eq(0),
@@ -234,7 +237,10 @@ pub(super) fn prune(conn: &mut AnyConnection, p: &PruneParams<'_>) -> Result<usi
     oldest.retain(|id| !needed.contains(id));
     // The state is checked again: an operator may have requeued one meanwhile.
     let target = dsl::queue_job.filter(dsl::id.eq_any(&oldest)).filter(dsl::state.eq_any(&states));
-    with_backend!(conn, c => diesel::delete(target).execute(c)).map_err(Error::query("prune finished jobs"))
+    let deleted =
+        with_backend!(conn, c => diesel::delete(target).execute(c)).map_err(Error::query("prune finished jobs"))?;
+    super::progress::forget_gone(conn)?;
+    Ok(deleted)
 }
 
 pub(super) fn rescue_orphaned(

@@ -13,6 +13,7 @@ mod conflict;
 mod finish;
 mod jobs;
 mod params;
+mod progress;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod rows;
@@ -73,6 +74,10 @@ pub trait Store {
     fn job_claim_sequential(&mut self, params: &ClaimParams<'_>) -> Result<Vec<RunRow>>;
     /// Mark these `pending` jobs (chosen from the head) `started` under the claim's lease.
     fn job_take(&mut self, params: &ClaimParams<'_>, ids: &[i64]) -> Result<Vec<RunRow>>;
+    /// Store the progress jobs reported (by row id), outside their transactions.
+    fn job_progress_save(&mut self, reports: &[(i64, crate::progress::Progress)]) -> Result<()>;
+    /// The progress job `id` last reported.
+    fn job_progress(&mut self, id: i64) -> Result<Option<crate::progress::Progress>>;
     /// Take up to `want` of the `capacity` slots of `channel` that all workers share, skipping
     /// the `held` ones: PostgreSQL session advisory locks, freed by [`Store::channel_slots_release`]
     /// or when the connection ends (a crashed worker frees its slots by itself). On SQLite, whose
@@ -206,6 +211,14 @@ impl Store for AnyConnection {
 
     fn job_take(&mut self, params: &ClaimParams<'_>, ids: &[i64]) -> Result<Vec<RunRow>> {
         claim::take(self, params, ids)
+    }
+
+    fn job_progress_save(&mut self, reports: &[(i64, crate::progress::Progress)]) -> Result<()> {
+        progress::save(self, reports)
+    }
+
+    fn job_progress(&mut self, id: i64) -> Result<Option<crate::progress::Progress>> {
+        progress::get(self, id)
     }
 
     #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]

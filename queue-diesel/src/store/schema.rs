@@ -45,6 +45,7 @@ const SQLITE: &[Step] = steps!("sqlite":
     "2026-11-25-000002_claim_order_identity_key",
     "2026-11-25-000003_dependencies",
     "2026-12-02-000005_isolation",
+    "2026-12-02-000006_progress",
 );
 
 const POSTGRES: &[Step] = steps!("postgres":
@@ -53,6 +54,7 @@ const POSTGRES: &[Step] = steps!("postgres":
     "2026-11-25-000003_dependencies",
     "2026-11-26-000004_autovacuum",
     "2026-12-02-000005_isolation",
+    "2026-12-02-000006_progress",
 );
 
 /// The steps of `backend`'s schema, in order.
