@@ -428,6 +428,17 @@ impl Database {
         self.conn()?.job_uuids(params)
     }
 
+    /// Functions of pending jobs that are not in `known`, with how many jobs each: jobs that
+    /// wait for a worker that has their function.
+    pub fn unknown_functions(&self, known: &[&str]) -> Result<Vec<(String, i64)>> {
+        self.conn()?.job_unknown_functions(known)
+    }
+
+    /// How many jobs `params` matches, its limit and offset aside.
+    pub fn job_count(&self, params: &ListParams) -> Result<i64> {
+        self.conn()?.job_count_matching(params)
+    }
+
     /// The jobs job `uuid` waits for, and the jobs waiting for it.
     pub fn job_family(&self, uuid: &JobId) -> Result<Family> {
         let mut conn = self.conn()?;

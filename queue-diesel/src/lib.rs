@@ -60,6 +60,7 @@
 //! | `maintenance` | rescue of jobs whose worker is gone, pruning of old jobs |
 //! | [`cli`] | the `queue-worker` command, reusable in an application's own worker binary |
 //! | [`metrics`] | Prometheus metrics of the jobs a process runs, and of its queue |
+//! | `dashboard` | the web dashboard (feature `dashboard`) |
 //! | [`testing`] | trap, assert and perform queued jobs in an application's tests |
 //!
 //! ## Features
@@ -71,6 +72,7 @@
 //! | `bundled` | yes | build SQLite, and with `postgres` libpq and OpenSSL (TLS), from source: no system library needed |
 //! | `cli` | yes | the `queue-worker` command line ([`cli`]); brings `sqlite` and `metrics` |
 //! | `metrics` | with `cli` | Prometheus metrics ([`metrics`]) |
+//! | `dashboard` | no | the web dashboard (`dashboard`; with `cli`, `queue-worker dashboard` and `run --dashboard`) |
 //! | `tokio` | no | async job methods run inside a Tokio runtime; `Database::spawn_transaction` for async handlers |
 //! | `internals` | no | the storage, liveness and maintenance internals, for this project's own tests and benchmark; not a stable API |
 //!
@@ -93,6 +95,8 @@ macro_rules! internal {
 pub mod asynchronous;
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "dashboard")]
+pub mod dashboard;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 mod progress;

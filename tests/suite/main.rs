@@ -2,10 +2,12 @@
 //! on PostgreSQL.
 
 mod asynchronous;
+mod browser;
 mod channels;
 mod cli;
 mod connections;
 mod crash;
+mod dashboard;
 mod dependencies;
 mod isolation;
 mod metrics;

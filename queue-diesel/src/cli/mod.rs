@@ -77,6 +77,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the web dashboard until SIGINT/SIGTERM: jobs, a job, actions, channels, functions.
+    #[cfg(feature = "dashboard")]
+    Dashboard {
+        /// Address to listen on; another than loopback needs a token.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        bind: String,
+        /// The channels the workers run, for the channels page.
+        #[arg(long, env = "QUEUE_CHANNELS", default_value = "root:1")]
+        channels: String,
+        /// The dashboard's options.
+        #[command(flatten)]
+        options: DashboardArgs,
+    },
     /// List the job functions linked into this binary.
     Functions {
         /// Print JSON, with each function's options.
@@ -147,6 +160,45 @@ pub struct RunArgs {
     /// names and counts: keep the address private).
     #[arg(long, env = "QUEUE_METRICS", value_name = "ADDRESS")]
     pub metrics: Option<String>,
+    /// Serve the web dashboard at http://ADDRESS/ too (see `dashboard`).
+    #[cfg(feature = "dashboard")]
+    #[arg(long, value_name = "ADDRESS")]
+    pub dashboard: Option<String>,
+    /// The dashboard's options.
+    #[cfg(feature = "dashboard")]
+    #[command(flatten)]
+    pub dashboard_options: DashboardArgs,
+}
+
+/// Options of the web dashboard.
+#[cfg(feature = "dashboard")]
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// The secret actions need (and every page, off loopback); the browser gives it once as
+    /// ?token=….
+    #[arg(long, env = "QUEUE_DASHBOARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A link from a job to its records: model=url-template with {id}, e.g.
+    /// res.partner=https://erp.example.org/partners/{id} (repeat, or separate with commas).
+    #[arg(long = "link", env = "QUEUE_DASHBOARD_LINKS", value_delimiter = ',')]
+    pub links: Vec<String>,
+    /// Seconds between refreshes of the list pages; 0 for none.
+    #[arg(long, env = "QUEUE_DASHBOARD_REFRESH_SECS", default_value_t = 10)]
+    pub refresh_secs: u32,
+}
+
+#[cfg(feature = "dashboard")]
+impl DashboardArgs {
+    fn config(&self, bind: &str, channels: ChannelConfig) -> Result<crate::dashboard::DashboardConfig> {
+        let mut config = crate::dashboard::DashboardConfig::new(bind)
+            .token(self.token.clone())
+            .channels(channels)
+            .refresh_secs(self.refresh_secs);
+        for spec in self.links.iter().filter(|l| !l.trim().is_empty()) {
+            config = config.link(spec)?;
+        }
+        Ok(config)
+    }
 }
 
 /// Parse the process arguments, run, and turn the outcome into an exit code (errors are printed
@@ -260,6 +312,11 @@ pub fn run(cli: Cli) -> Result<()> {
             if let Some(address) = &args.metrics {
                 crate::metrics::serve(address, db.clone(), channels.clone())?;
             }
+            #[cfg(feature = "dashboard")]
+            if let Some(address) = &args.dashboard {
+                let config = args.dashboard_options.config(address, channels.clone())?;
+                crate::dashboard::serve(db.clone(), config)?;
+            }
             let config = WorkerConfig {
                 channels,
                 poll_interval: args.poll_interval_ms.map(Duration::from_millis),
@@ -309,6 +366,19 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Channels { channels, json } => {
             let config: ChannelConfig = channels.parse()?;
             overview::channels(&open_existing(&cli.database_url)?, &config, json)
+        }
+        #[cfg(feature = "dashboard")]
+        Command::Dashboard { bind, channels, options } => {
+            let config = options.config(&bind, channels.parse()?)?;
+            let db = open_existing(&cli.database_url)?;
+            let shutdown = Shutdown::new();
+            shutdown.on_signals()?;
+            let bound = crate::dashboard::serve(db, config)?;
+            println!("dashboard at http://{bound}/ (stop with Ctrl-C)");
+            while !shutdown.is_triggered() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(())
         }
     }
 }

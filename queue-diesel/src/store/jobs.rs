@@ -105,21 +105,49 @@ pub(super) fn get(conn: &mut AnyConnection, uuid: &JobId) -> Result<Option<Job>>
     row.map(|r| r.decode()).transpose()
 }
 
+/// Narrow the boxed `queue_job` query `$query` to the jobs `$params` (a [`ListParams`]) asks for.
+macro_rules! filter_jobs {
+    ($query:ident, $params:expr) => {{
+        use $crate::schema::queue_job::dsl as jobs;
+        let p: &$crate::store::ListParams = $params;
+        if let Some(state) = p.state {
+            $query = $query.filter(jobs::state.eq(state.as_str()));
+        }
+        if let Some(func) = &p.func {
+            $query = $query.filter(jobs::func.eq(func.clone()));
+        }
+        if let Some(channel) = &p.channel {
+            $query = $query.filter(jobs::channel.eq(channel.clone()));
+        }
+        if let Some(model) = &p.model {
+            $query = $query.filter(jobs::model.eq(model.clone()));
+        }
+        if let Some(pattern) = p.error_pattern() {
+            $query = $query.filter(
+                jobs::exc_name
+                    .like(pattern.clone())
+                    .escape('\\')
+                    .or(jobs::exc_message.like(pattern.clone()).escape('\\'))
+                    .or(jobs::exc_info.like(pattern).escape('\\')),
+            );
+        }
+        if let Some(from) = p.created_from {
+            $query = $query.filter(jobs::date_created.ge(from.naive_utc()));
+        }
+        if let Some(until) = p.created_until {
+            $query = $query.filter(jobs::date_created.lt(until.naive_utc()));
+        }
+    }};
+}
+pub(super) use filter_jobs;
+
 pub(super) fn list(conn: &mut AnyConnection, params: &ListParams) -> Result<Vec<Job>> {
     use queue_job::dsl;
     let limit = if params.limit > 0 { params.limit } else { 100 };
     let rows: Vec<JobRow> = with_backend!(conn, c => {
         let mut query = dsl::queue_job.select(JobRow::as_select()).into_boxed();
-        if let Some(state) = params.state {
-            query = query.filter(dsl::state.eq(state.as_str()));
-        }
-        if let Some(func) = &params.func {
-            query = query.filter(dsl::func.eq(func.clone()));
-        }
-        if let Some(channel) = &params.channel {
-            query = query.filter(dsl::channel.eq(channel.clone()));
-        }
-        query.order(dsl::id.desc()).limit(limit).load(c)
+        filter_jobs!(query, params);
+        query.order(dsl::id.desc()).limit(limit).offset(params.offset.max(0)).load(c)
     })
     .map_err(Error::query("list jobs"))?;
     rows.iter().map(JobRow::decode).collect()

@@ -122,8 +122,18 @@ pub struct ListParams {
     pub func: Option<String>,
     /// Only jobs of this channel (not its sub-channels).
     pub channel: Option<String>,
+    /// Only jobs of this model.
+    pub model: Option<String>,
+    /// Only jobs whose error (name, message or details) contains this text.
+    pub error: Option<String>,
+    /// Only jobs queued at or after this time.
+    pub created_from: Option<DateTime<Utc>>,
+    /// Only jobs queued before this time.
+    pub created_until: Option<DateTime<Utc>>,
     /// At most this many, newest first.
     pub limit: i64,
+    /// Skip this many first (paging).
+    pub offset: i64,
 }
 
 impl ListParams {
@@ -148,11 +158,48 @@ impl ListParams {
         self
     }
 
+    /// Only jobs of the model `model` (`res.partner`).
+    #[must_use]
+    pub fn model(mut self, model: impl Into<String>) -> Self {
+        self.model = Some(model.into());
+        self
+    }
+
+    /// Only jobs whose error's name, message or details contain `text`.
+    #[must_use]
+    pub fn error_containing(mut self, text: impl Into<String>) -> Self {
+        self.error = Some(text.into());
+        self
+    }
+
+    /// Only jobs queued at or after `from` and before `until` (either may be left open).
+    #[must_use]
+    pub fn created_between(mut self, from: Option<DateTime<Utc>>, until: Option<DateTime<Utc>>) -> Self {
+        self.created_from = from;
+        self.created_until = until;
+        self
+    }
+
     /// At most `limit` jobs, newest first.
     #[must_use]
     pub fn limit(mut self, limit: i64) -> Self {
         self.limit = limit;
         self
+    }
+
+    /// Skip the first `offset` jobs (the next page).
+    #[must_use]
+    pub fn offset(mut self, offset: i64) -> Self {
+        self.offset = offset;
+        self
+    }
+
+    /// `text` as a LIKE pattern that matches it anywhere, its wildcards escaped with `\`.
+    pub(crate) fn error_pattern(&self) -> Option<String> {
+        self.error.as_ref().map(|text| {
+            let escaped = text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            format!("%{escaped}%")
+        })
     }
 }
 

@@ -57,6 +57,8 @@ pub struct Family {
 pub trait Views {
     /// Every job `params` matches (its limit aside), oldest first.
     fn job_uuids(&mut self, params: &ListParams) -> Result<Vec<JobId>>;
+    /// How many jobs `params` matches (its limit and offset aside).
+    fn job_count_matching(&mut self, params: &ListParams) -> Result<i64>;
     /// Counts per channel and state, the oldest due pending job per channel, and the jobs done
     /// and failed since each of `since`; `now` decides which pending jobs are due.
     fn job_stats(&mut self, now: DateTime<Utc>, since: &[DateTime<Utc>]) -> Result<Stats>;
@@ -73,15 +75,7 @@ impl Views for AnyConnection {
         use queue_job::dsl;
         let uuids: Vec<String> = with_backend!(self, c => {
             let mut query = dsl::queue_job.select(dsl::uuid).into_boxed();
-            if let Some(state) = params.state {
-                query = query.filter(dsl::state.eq(state.as_str()));
-            }
-            if let Some(func) = &params.func {
-                query = query.filter(dsl::func.eq(func.clone()));
-            }
-            if let Some(channel) = &params.channel {
-                query = query.filter(dsl::channel.eq(channel.clone()));
-            }
+            super::jobs::filter_jobs!(query, params);
             query.order(dsl::id.asc()).load(c)
         })
         .map_err(Error::query("list jobs"))?;
@@ -89,6 +83,16 @@ impl Views for AnyConnection {
             .iter()
             .map(|u| u.parse::<JobId>().map_err(|_| Error::Config(format!("a job has a malformed uuid {u:?}"))))
             .collect()
+    }
+
+    fn job_count_matching(&mut self, params: &ListParams) -> Result<i64> {
+        use queue_job::dsl;
+        with_backend!(self, c => {
+            let mut query = dsl::queue_job.count().into_boxed();
+            super::jobs::filter_jobs!(query, params);
+            query.get_result(c)
+        })
+        .map_err(Error::query("count jobs"))
     }
 
     fn job_stats(&mut self, now: DateTime<Utc>, since: &[DateTime<Utc>]) -> Result<Stats> {
