@@ -179,7 +179,7 @@ pub struct DashboardArgs {
     #[arg(long, env = "QUEUE_DASHBOARD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// A link from a job to its records: model=url-template with {id}, e.g.
-    /// res.partner=https://erp.example.org/partners/{id} (repeat, or separate with commas).
+    /// `res.partner=https://erp.example.org/partners/{id}` (repeat, or separate with commas).
     #[arg(long = "link", env = "QUEUE_DASHBOARD_LINKS", value_delimiter = ',')]
     pub links: Vec<String>,
     /// Seconds between refreshes of the list pages; 0 for none.
