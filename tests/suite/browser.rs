@@ -240,20 +240,27 @@ fn a_person_finds_and_requeues_a_failed_job(kind: Kind) {
     // Filter to the failed jobs with the form.
     browser.click(r#"select[name="state"] option[value="failed"]"#);
     browser.click(r#"form[action="/"] button[type="submit"]"#);
-    assert!(browser.url().contains("state=failed"), "{}", browser.url());
+    // A click that submits a form returns before the next page has loaded.
+    assert!(
+        wait_for(Duration::from_secs(10), || browser.url().contains("state=failed")),
+        "{}",
+        browser.url()
+    );
     let failed_page = browser.source();
     assert!(failed_page.contains(&failed.to_string()), "{failed_page}");
     assert!(!failed_page.contains(&done[0].to_string()), "only failed jobs: {failed_page}");
     assert!(failed_page.contains("2 job(s)"), "{failed_page}");
     // Open it, and requeue it.
     browser.click(&format!(r#"a[href="/jobs/{failed}"]"#));
+    assert!(wait_for(Duration::from_secs(10), || browser.url().ends_with(&format!("/jobs/{failed}"))));
     let job_page = browser.source();
     assert!(job_page.contains("connection refused by crm.example.org"), "{job_page}");
     assert!(job_page.contains("https://erp.example.org/partners/"), "{job_page}");
     browser.picture("dashboard-failed-job");
     browser.click(&format!(r#"form[action="/jobs/{failed}/requeue"] button"#));
-    let after = browser.source();
-    assert!(after.contains("requeue: the job is pending now"), "{after}");
+    let requeued =
+        wait_for(Duration::from_secs(10), || browser.source().contains("requeue: the job is pending now"));
+    assert!(requeued, "{}", browser.source());
     assert_eq!(t.db.job(&failed).expect("job").state, JobState::Pending, "the row in the database");
 }
 
