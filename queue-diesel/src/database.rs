@@ -361,7 +361,13 @@ impl Database {
 
     /// Bring the queue's tables up to date.
     pub fn migrate(&self) -> Result<()> {
-        self.conn()?.schema_migrate()
+        self.migrate_telling(|_, _, _| {})
+    }
+
+    /// [`Database::migrate`], telling `on_step` of each step applied: its name, how many are
+    /// applied so far, and how many in all.
+    pub fn migrate_telling(&self, mut on_step: impl FnMut(&str, usize, usize)) -> Result<()> {
+        self.conn()?.schema_migrate(&mut on_step)
     }
 
     /// Run `f` in a transaction with `context` as the ambient context. Jobs queued inside are

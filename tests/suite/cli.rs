@@ -16,6 +16,7 @@ backend_tests!(
     the_log_shows_each_job_in_its_span,
     read_commands_print_json_and_never_migrate,
     bulk_actions_take_a_filter_and_a_confirmation,
+    the_dashboard_command_serves_on_loopback_only_without_a_token,
 );
 
 /// Run `chaos cli <args>` on `url`; (success, stdout, stderr).
@@ -243,4 +244,34 @@ fn bulk_actions_take_a_filter_and_a_confirmation(t: TestDb) {
     assert!(ok && out.contains("set done: 3 of 3 job(s)"), "{out}{err}");
     let (ok, out, _) = cli(&t.url, &[], &["jobs", "cancel", "--yes", "--state", "pending"]);
     assert!(ok && out.contains("no job matches"), "{out}");
+}
+
+fn the_dashboard_command_serves_on_loopback_only_without_a_token(t: TestDb) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let address = format!("127.0.0.1:{port}");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_chaos"))
+        .args(["cli", "--database-url", &t.url, "dashboard", "--bind", &address])
+        .env("QUEUE_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("the dashboard starts");
+    let served = queue_tests::wait_for(std::time::Duration::from_secs(20), || {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(&address) else { return false };
+        let _ = write!(stream, "GET /channels HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        let mut page = String::new();
+        let _ = stream.read_to_string(&mut page);
+        page.starts_with("HTTP/1.1 200") && page.contains("Channels")
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(served, "the dashboard served its channels page");
+    for args in
+        [&["dashboard", "--bind", "0.0.0.0:0"][..], &["run", "--until-idle", "--dashboard", "0.0.0.0:0"]]
+    {
+        let (ok, _, err) = cli(&t.url, &[("QUEUE_DASHBOARD_TOKEN", "")], args);
+        assert!(!ok && err.contains("not loopback, without a token"), "{args:?}: {err}");
+    }
+    let (ok, _, err) = cli(&t.url, &[], &["dashboard", "--link", "res.partner"]);
+    assert!(!ok && err.contains("expected model=url-template"), "{err}");
 }

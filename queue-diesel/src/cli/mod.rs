@@ -356,7 +356,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Migrate(_) => {
             check_url(&cli.database_url)?;
             let db = Database::builder(&cli.database_url).migrate(false).open()?;
-            db.migrate()?;
+            let mut bar: Option<output::Progress> = None;
+            db.migrate_telling(|_, done, total| {
+                bar.get_or_insert_with(|| output::Progress::new("migrating", Some(total))).set(done)
+            })?;
+            if let Some(mut bar) = bar {
+                bar.finish();
+            }
             println!("queue schema is up to date ({})", db.url());
             Ok(())
         }

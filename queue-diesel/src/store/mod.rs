@@ -167,7 +167,7 @@ pub trait Store {
     /// that never started).
     fn session_prepare_for_claims(&mut self) -> Result<()>;
     /// Create or update the queue's tables.
-    fn schema_migrate(&mut self) -> Result<()>;
+    fn schema_migrate(&mut self, on_step: schema::OnStep<'_>) -> Result<()>;
 }
 
 impl AnyConnection {
@@ -394,12 +394,12 @@ impl Store for AnyConnection {
         }
     }
 
-    fn schema_migrate(&mut self) -> Result<()> {
+    fn schema_migrate(&mut self, on_step: schema::OnStep<'_>) -> Result<()> {
         match self {
             #[cfg(feature = "sqlite")]
-            AnyConnection::Sqlite(c) => sqlite::schema_migrate(c),
+            AnyConnection::Sqlite(c) => sqlite::schema_migrate(c, on_step),
             #[cfg(feature = "postgres")]
-            AnyConnection::Postgres(c) => postgres::schema_migrate(c),
+            AnyConnection::Postgres(c) => postgres::schema_migrate(c, on_step),
         }
     }
 }

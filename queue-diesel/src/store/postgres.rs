@@ -65,7 +65,7 @@ pub(super) fn notify(c: &mut PgConnection) -> Result<()> {
         .map_err(Error::query("notify workers"))
 }
 
-pub(super) fn schema_migrate(c: &mut PgConnection) -> Result<()> {
+pub(super) fn schema_migrate(c: &mut PgConnection, on_step: super::schema::OnStep<'_>) -> Result<()> {
     diesel::sql_query("SELECT pg_advisory_lock($1)")
         .bind::<BigInt, _>(MIGRATION_LOCK)
         .execute(c)
@@ -76,7 +76,7 @@ pub(super) fn schema_migrate(c: &mut PgConnection) -> Result<()> {
                 .load(c)
                 .map_err(Error::query("read the queue's schema version"))?;
         Ok(rows.into_iter().map(|r| r.version).collect())
-    });
+    }, on_step);
     diesel::sql_query("SELECT pg_advisory_unlock($1)")
         .bind::<BigInt, _>(MIGRATION_LOCK)
         .execute(c)

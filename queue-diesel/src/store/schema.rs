@@ -96,12 +96,17 @@ pub fn script(backend: Backend, up: bool) -> String {
     sql
 }
 
-/// Apply the pending steps on `c`, each in a transaction with its record. The caller makes sure
-/// no other process migrates at the same time (a lock on PostgreSQL; SQLite's write lock).
+/// Called as each step is applied: its name, how many are applied so far, how many in all.
+pub type OnStep<'a> = &'a mut dyn FnMut(&str, usize, usize);
+
+/// Apply the pending steps on `c`, each in a transaction with its record, telling `on_step` of
+/// each. The caller makes sure no other process migrates at the same time (a lock on
+/// PostgreSQL; SQLite's write lock).
 pub(super) fn migrate<C>(
     c: &mut C,
     backend: Backend,
     applied: impl Fn(&mut C) -> Result<Vec<String>>,
+    on_step: OnStep<'_>,
 ) -> Result<()>
 where
     C: diesel::Connection,
@@ -113,13 +118,15 @@ where
     c.batch_execute(VERSIONS).map_err(fail("create queue_schema_migrations"))?;
     adopt_diesel_records(c, backend)?;
     let done = applied(c)?;
-    for step in steps(backend).iter().filter(|s| !done.iter().any(|d| d == s.name)) {
+    let pending: Vec<&Step> = steps(backend).iter().filter(|s| !done.iter().any(|d| d == s.name)).collect();
+    for (i, step) in pending.iter().enumerate() {
         c.transaction(|c| {
             c.batch_execute(step.up)?;
             c.batch_execute(&record(step))
         })
         .map_err(fail(step.name))?;
         tracing::info!(step = step.name, "queue schema step applied");
+        on_step(step.name, i + 1, pending.len());
     }
     Ok(())
 }

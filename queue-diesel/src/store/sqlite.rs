@@ -21,8 +21,8 @@ pub(super) fn load<T: QueryableByName<Sqlite> + 'static>(
 
 /// Apply the schema's pending steps under the write lock, taken at once: a second process
 /// opening the same file waits, then finds nothing to do.
-pub(super) fn schema_migrate(c: &mut SqliteConnection) -> Result<()> {
-    c.immediate_transaction(|c| super::schema::migrate(c, crate::Backend::Sqlite, applied_steps))
+pub(super) fn schema_migrate(c: &mut SqliteConnection, on_step: super::schema::OnStep<'_>) -> Result<()> {
+    c.immediate_transaction(|c| super::schema::migrate(c, crate::Backend::Sqlite, applied_steps, on_step))
 }
 
 fn applied_steps(c: &mut SqliteConnection) -> Result<Vec<String>> {
