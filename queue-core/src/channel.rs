@@ -86,9 +86,16 @@ impl FromStr for ChannelConfig {
             let capacity = match given {
                 None => 1,
                 Some(cap) => match cap.parse::<usize>() {
-                    Ok(0) | Err(_) => {
+                    Err(_) => {
                         return Err(Error::ChannelConfig(format!(
-                            "expected channel capacity > 0 in {token:?}, got {cap:?}"
+                            "expected a channel capacity (a number of jobs) in {token:?}, got {cap:?}"
+                        )));
+                    }
+                    // Odoo's way of holding a channel: its jobs wait until it gets a capacity.
+                    Ok(0) if name != ROOT => 0,
+                    Ok(0) => {
+                        return Err(Error::ChannelConfig(format!(
+                            "root cannot have capacity 0 in {token:?}: no job would run; give a sub-channel capacity 0, or pause channels (queue-worker pause)"
                         )));
                     }
                     Ok(n) if n > MAX_CAPACITY => {
@@ -312,11 +319,11 @@ mod tests {
         let cases = [
             (
                 "root:0",
-                r#"invalid channel configuration: expected channel capacity > 0 in "root:0", got "0""#,
+                r#"invalid channel configuration: root cannot have capacity 0 in "root:0": no job would run; give a sub-channel capacity 0, or pause channels (queue-worker pause)"#,
             ),
             (
                 "root:4,root.export:x",
-                r#"invalid channel configuration: expected channel capacity > 0 in "root.export:x", got "x""#,
+                r#"invalid channel configuration: expected a channel capacity (a number of jobs) in "root.export:x", got "x""#,
             ),
             (
                 "export:1",

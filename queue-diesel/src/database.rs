@@ -440,6 +440,29 @@ impl Database {
         self.conn()?.job_unknown_functions(known)
     }
 
+    /// Pause `channel` and every channel below it: no job of theirs starts until
+    /// [`Database::resume_channel`]; running jobs finish. Workers see it within a second. Returns
+    /// false when it was paused already.
+    pub fn pause_channel(&self, channel: &str) -> Result<bool> {
+        queue_core::channel::check_name(channel)?;
+        self.conn()?.channel_pause(channel, self.now())
+    }
+
+    /// Resume a paused channel (a channel below a paused one stays paused with it). Returns false
+    /// when it was not paused itself.
+    pub fn resume_channel(&self, channel: &str) -> Result<bool> {
+        queue_core::channel::check_name(channel)?;
+        let resumed = self.conn()?.channel_resume(channel)?;
+        // Workers of this process look again at once.
+        self.wake();
+        Ok(resumed)
+    }
+
+    /// The paused channels, and since when.
+    pub fn paused_channels(&self) -> Result<Vec<(String, DateTime<Utc>)>> {
+        self.conn()?.channels_paused()
+    }
+
     /// How many jobs `params` matches, its limit and offset aside.
     pub fn job_count(&self, params: &ListParams) -> Result<i64> {
         self.conn()?.job_count_matching(params)

@@ -13,7 +13,7 @@
 //! | `queue_batch_jobs` (jobs per batch transaction) | histogram | |
 //! | `queue_job_progress_ratio` (running jobs that reported progress) | gauge | uuid, function |
 //! | `queue_jobs` (read from the database at each scrape) | gauge | channel, state |
-//! | `queue_channel_running`, `queue_channel_capacity` | gauge | channel (as configured) |
+//! | `queue_channel_running`, `queue_channel_capacity`, `queue_channel_paused` | gauge | channel (as configured) |
 //! | `queue_pool_connections` | gauge | state (idle, busy) |
 
 use std::io::{BufRead, BufReader, Write};
@@ -223,6 +223,13 @@ pub fn render(db: &Database, channels: &ChannelConfig) -> Result<String> {
     );
     let capacity = Family::<ChannelLabels, Gauge>::default();
     now.register("queue_channel_capacity", "Jobs a configured channel may run at once", capacity.clone());
+    let paused = Family::<ChannelLabels, Gauge>::default();
+    now.register(
+        "queue_channel_paused",
+        "1 when a configured channel is paused (itself or above)",
+        paused.clone(),
+    );
+    let pauses = db.paused_channels()?;
     let pool = Family::<PoolLabels, Gauge>::default();
     now.register("queue_pool_connections", "Connections of the queue's pool", pool.clone());
     for c in &stats.channels {
@@ -234,6 +241,9 @@ pub fn render(db: &Database, channels: &ChannelConfig) -> Result<String> {
     for channel in channels.channels() {
         let name = ChannelLabels { channel: channel.name.clone() };
         capacity.get_or_create(&name).set(channel.capacity as i64);
+        let held =
+            pauses.iter().any(|(p, _)| channel.name == *p || channel.name.starts_with(&format!("{p}.")));
+        paused.get_or_create(&name).set(i64::from(held));
         running.get_or_create(&name).set(0);
     }
     for c in &stats.channels {

@@ -91,5 +91,15 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Channels an operator paused.
+    queue_channel_pause (channel) {
+        /// The channel's full name; channels below it are paused too.
+        channel -> Text,
+        /// When it was paused.
+        paused_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(queue_job_dependency -> queue_job (parent_id));
 diesel::allow_tables_to_appear_in_same_query!(queue_job, queue_job_dependency, queue_job_progress);

@@ -83,9 +83,12 @@ fn migrate_then_list_show_and_count() {
 fn bad_configuration_is_refused_with_the_bad_token() {
     let db = temp_db("config");
     let _remove = Remove(db.clone());
-    let (ok, _, err) = queue_worker(&db, &["run", "--channels", "root:4,root.export:0"]);
+    let (ok, _, err) = queue_worker(&db, &["run", "--channels", "root:4,root.export:x"]);
     assert!(!ok);
-    assert!(err.contains(r#"expected channel capacity > 0 in "root.export:0", got "0""#), "{err}");
+    assert!(
+        err.contains(r#"expected a channel capacity (a number of jobs) in "root.export:x", got "x""#),
+        "{err}"
+    );
     let (ok, _, err) = queue_worker("mysql://root:pw@localhost/test", &["jobs", "list"]);
     assert!(!ok);
     assert!(err.contains("MySQL/MariaDB is not supported yet"), "{err}");

@@ -1,5 +1,5 @@
-//! Channels across workers: capacities shared by every worker of a database, and sequential
-//! channels.
+//! Channels across workers: capacities shared by every worker of a database, sequential
+//! channels, and pauses.
 
 use std::time::Duration;
 
@@ -8,7 +8,11 @@ use queue_diesel::store::ListParams;
 use queue_diesel::{Error, JobId, JobState, OperatorAction, Shutdown, Worker, WorkerConfig};
 use queue_tests::{Partner, StopOnDrop, TestDb, backend_tests, max_running, wait_for};
 
-backend_tests!(capacity_holds_across_worker_processes, a_sequential_channel_keeps_order_and_stops_on_failure);
+backend_tests!(
+    capacity_holds_across_worker_processes,
+    a_sequential_channel_keeps_order_and_stops_on_failure,
+    a_paused_channel_holds_its_jobs_until_resumed,
+);
 
 fn done(db: &Database) -> usize {
     db.jobs(&ListParams::default().state(JobState::Done).limit(1000)).map_or(0, |j| j.len())
@@ -80,4 +84,85 @@ fn a_sequential_channel_keeps_order_and_stops_on_failure(t: TestDb) {
     let started = |h: &JobHandle| t.db.job(&h.uuid()).expect("job").date_started.expect("started");
     assert!(started(&second) <= started(&third));
     assert_eq!(t.partner(list[0].id).expect("row").note, "third::-");
+}
+
+fn a_paused_channel_holds_its_jobs_until_resumed(t: TestDb) {
+    let list = t.partners(&["ada"]);
+    let (exports, below, held, free) =
+        t.db.transaction(Context::new(), |_| {
+            let exports = vec![
+                Partner::queue().export(&list, "a".into())?.uuid(),
+                Partner::queue().export(&list, "b".into())?.uuid(),
+            ];
+            let below = Partner::queue().channel("root.slow.eu").export(&list, "c".into())?.uuid();
+            let held = Partner::queue().channel("root.held").export(&list, "d".into())?.uuid();
+            let free = Partner::queue().channel("root.slow").export(&list, "e".into())?.uuid();
+            Ok::<_, Error>((exports, below, held, free))
+        })
+        .expect("queued");
+    assert!(t.db.pause_channel("root.export").expect("paused"));
+    assert!(!t.db.pause_channel("root.export").expect("paused again"), "already paused");
+    assert!(t.db.pause_channel("root.slow.eu").expect("paused"));
+    assert!(t.db.pause_channel("export").is_err(), "not a channel name");
+    let state = |uuid: &JobId| t.db.job(uuid).expect("job").state;
+    let channels = "root:2,root.export:1,root.slow:1,root.held:0";
+    let config = WorkerConfig::default()
+        .channels(channels.parse().expect("valid"))
+        .poll_interval(Duration::from_millis(50));
+    let worker = Worker::new(t.db.clone(), config).expect("worker");
+    let shutdown = Shutdown::new();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_chaos"))
+            .args(["cli", "--database-url", &t.url])
+            .args(args)
+            .env("QUEUE_LOG", "error")
+            .env("QUEUE_CHANNELS", channels)
+            .output()
+            .expect("the binary runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&shutdown);
+        let run = s.spawn(|| worker.run(&shutdown));
+        assert!(
+            wait_for(Duration::from_secs(20), || state(&free) == JobState::Done),
+            "an unpaused channel runs"
+        );
+        // A second is more than a worker needs to see a pause.
+        std::thread::sleep(Duration::from_millis(1200));
+        for uuid in exports.iter().chain([&below, &held]) {
+            assert_eq!(state(uuid), JobState::Pending, "held: {uuid}");
+        }
+        let (ok, out, err) = cli(&["channels", "--json"]);
+        assert!(ok, "{err}");
+        let listed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+        let export =
+            listed.as_array().and_then(|l| l.iter().find(|c| c["channel"] == "root.export")).expect("listed");
+        assert_eq!(
+            (export["paused_by"].as_str(), export["pending"].as_i64()),
+            (Some("root.export"), Some(2))
+        );
+        let (ok, out, _) = cli(&["channels"]);
+        assert!(ok && out.contains("held (0)") && out.contains("paused"), "{out}");
+        let (ok, _, err) = cli(&["resume", "root.export.crm"]);
+        assert!(!ok && err.contains("root.export above it is: resume root.export"), "{err}");
+        let (ok, out, err) = cli(&["resume", "root.export"]);
+        assert!(ok && out.contains("root.export resumed"), "{out}{err}");
+        assert!(
+            wait_for(Duration::from_secs(10), || exports.iter().all(|u| state(u) == JobState::Done)),
+            "resumed, its jobs run"
+        );
+        assert_eq!(state(&below), JobState::Pending, "a paused sub-channel of an unpaused one stays held");
+        let (ok, _, err) = cli(&["resume", "root.export"]);
+        assert!(!ok && err.contains("root.export is not paused"), "{err}");
+        assert!(t.db.resume_channel("root.slow.eu").expect("resumed"));
+        assert!(wait_for(Duration::from_secs(10), || state(&below) == JobState::Done));
+        assert_eq!(state(&held), JobState::Pending, "capacity 0 holds a channel, as in Odoo");
+        shutdown.trigger();
+        run.join().expect("no panic").expect("clean stop");
+    });
 }

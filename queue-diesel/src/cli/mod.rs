@@ -90,6 +90,17 @@ pub enum Command {
         #[command(flatten)]
         options: DashboardArgs,
     },
+    /// Pause a channel and every channel below it: no job of theirs starts until `resume`;
+    /// running jobs finish. Every worker sees it within a second.
+    Pause {
+        /// The channel, e.g. root.export.
+        channel: String,
+    },
+    /// Resume a paused channel.
+    Resume {
+        /// The channel, e.g. root.export.
+        channel: String,
+    },
     /// List the job functions linked into this binary.
     Functions {
         /// Print JSON, with each function's options.
@@ -367,6 +378,30 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Functions { json } => overview::functions(json),
+        Command::Pause { channel } => {
+            let db = open_existing(&cli.database_url)?;
+            let newly = db.pause_channel(&channel)?;
+            println!("{channel} {}", if newly { "paused" } else { "was paused already" });
+            Ok(())
+        }
+        Command::Resume { channel } => {
+            let db = open_existing(&cli.database_url)?;
+            if db.resume_channel(&channel)? {
+                println!("{channel} resumed");
+                return Ok(());
+            }
+            let held_by = db
+                .paused_channels()?
+                .into_iter()
+                .map(|(c, _)| c)
+                .find(|c| channel.starts_with(&format!("{c}.")));
+            match held_by {
+                Some(above) => Err(Error::Config(format!(
+                    "{channel} is not paused itself, but {above} above it is: resume {above}"
+                ))),
+                None => Err(Error::Config(format!("{channel} is not paused"))),
+            }
+        }
         Command::Jobs(command) => jobs::run(&open_existing(&cli.database_url)?, command),
         Command::Stats { json } => overview::stats(&open_existing(&cli.database_url)?, json),
         Command::Channels { channels, json } => {

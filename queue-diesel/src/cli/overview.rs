@@ -94,6 +94,10 @@ fn short(state: JobState) -> &'static str {
 /// those of its unconfigured sub-channels are doing.
 pub(super) fn channels(db: &Database, config: &ChannelConfig, json: bool) -> Result<()> {
     let (stats, now) = read(db)?;
+    let paused = db.paused_channels()?;
+    let paused_by = |name: &str| {
+        paused.iter().find(|(p, _)| name == p || name.starts_with(&format!("{p}."))).map(|(p, _)| p.clone())
+    };
     struct Row {
         name: String,
         capacity: usize,
@@ -138,6 +142,7 @@ pub(super) fn channels(db: &Database, config: &ChannelConfig, json: bool) -> Res
                     "running": r.running,
                     "pending": r.pending,
                     "failed": r.failed,
+                    "paused_by": paused_by(&r.name),
                     "oldest_pending_seconds": oldest(r.oldest, now).map(|d| d.as_secs_f64()),
                 })
             })
@@ -145,18 +150,25 @@ pub(super) fn channels(db: &Database, config: &ChannelConfig, json: bool) -> Res
         return print_json(&Value::Array(list));
     }
     println!(
-        "{:<24}  {:>8}  {:>7}  {:>7}  {:>7}  OLDEST PENDING",
-        "CHANNEL", "CAPACITY", "RUNNING", "PENDING", "FAILED"
+        "{:<24}  {:>8}  {:>7}  {:>7}  {:>7}  {:<14}  OLDEST PENDING",
+        "CHANNEL", "CAPACITY", "RUNNING", "PENDING", "FAILED", "STATE"
     );
     for r in rows {
         let capacity = if r.sequential { format!("{} seq", r.capacity) } else { r.capacity.to_string() };
+        let state = match paused_by(&r.name) {
+            Some(p) if p == r.name => "paused".to_owned(),
+            Some(p) => format!("paused ({p})"),
+            None if r.capacity == 0 => "held (0)".to_owned(),
+            None => "running".to_owned(),
+        };
         println!(
-            "{:<24}  {:>8}  {:>7}  {:>7}  {:>7}  {}",
+            "{:<24}  {:>8}  {:>7}  {:>7}  {:>7}  {:<14}  {}",
             r.name,
             capacity,
             r.running,
             r.pending,
             r.failed,
+            state,
             oldest(r.oldest, now).map(age).unwrap_or_else(|| "-".into())
         );
     }

@@ -256,18 +256,29 @@ pub(super) fn job(
     layout(shared, &format!("Job {}", job.uuid), false, body)
 }
 
-pub(super) fn channels(shared: &Shared, stats: &Stats) -> String {
+pub(super) fn channels(
+    shared: &Shared,
+    stats: &Stats,
+    paused: &[(String, chrono::DateTime<chrono::Utc>)],
+) -> String {
+    let paused_by = |name: &str| {
+        paused
+            .iter()
+            .find(|(p, _)| name == p || name.starts_with(&format!("{p}.")))
+            .map(|(p, at)| format!("paused ({p}, since {})", time(Some(*at))))
+    };
     let now = shared.db.now();
     let config = &shared.config.channels;
     let body = html! {
         table {
-            tr { th { "channel" } th { "capacity" } th { "running" } th { "pending" } th { "failed" } th { "oldest pending" } }
+            tr { th { "channel" } th { "capacity" } th { "state" } th { "running" } th { "pending" } th { "failed" } th { "oldest pending" } }
             @for channel in config.channels() {
                 @let mine: Vec<_> = stats.channels.iter().filter(|c| config.node_for(&c.channel) == channel.name).collect();
                 @let oldest = mine.iter().filter_map(|c| c.oldest_due).min();
                 tr {
                     td { a href=(link("/", &[("channel".into(), channel.name.clone())])) { (channel.name) } }
                     td { (channel.capacity) @if config.is_sequential(&channel.name) { " sequential" } }
+                    td { (paused_by(&channel.name).unwrap_or_else(|| if channel.capacity == 0 { "held (capacity 0)".into() } else { "running".into() })) }
                     td { (mine.iter().map(|c| c.count(JobState::Started)).sum::<i64>()) }
                     td { (mine.iter().map(|c| c.count(JobState::Pending)).sum::<i64>()) }
                     td { (mine.iter().map(|c| c.count(JobState::Failed)).sum::<i64>()) }

@@ -333,8 +333,8 @@ async fn channels(
         return response;
     }
     let read = Arc::clone(&shared);
-    match blocking(move || read.db.stats(&[])).await {
-        Ok(stats) => Html(pages::channels(&shared, &stats)).into_response(),
+    match blocking(move || Ok((read.db.stats(&[])?, read.db.paused_channels()?))).await {
+        Ok((stats, paused)) => Html(pages::channels(&shared, &stats, &paused)).into_response(),
         Err(e) => failure(&e),
     }
 }

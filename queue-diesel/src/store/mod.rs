@@ -13,6 +13,7 @@ mod conflict;
 mod finish;
 mod jobs;
 mod params;
+mod pauses;
 mod progress;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -74,6 +75,12 @@ pub trait Store {
     fn job_claim_sequential(&mut self, params: &ClaimParams<'_>) -> Result<Vec<RunRow>>;
     /// Mark these `pending` jobs (chosen from the head) `started` under the claim's lease.
     fn job_take(&mut self, params: &ClaimParams<'_>, ids: &[i64]) -> Result<Vec<RunRow>>;
+    /// Pause `channel` (and every channel below it); false when it was paused already.
+    fn channel_pause(&mut self, channel: &str, now: DateTime<Utc>) -> Result<bool>;
+    /// Resume `channel`; false when it was not paused (itself).
+    fn channel_resume(&mut self, channel: &str) -> Result<bool>;
+    /// The channels paused, and since when.
+    fn channels_paused(&mut self) -> Result<Vec<(String, DateTime<Utc>)>>;
     /// Store the progress jobs reported (by row id), outside their transactions.
     fn job_progress_save(&mut self, reports: &[(i64, crate::progress::Progress)]) -> Result<()>;
     /// The progress job `id` last reported.
@@ -211,6 +218,18 @@ impl Store for AnyConnection {
 
     fn job_take(&mut self, params: &ClaimParams<'_>, ids: &[i64]) -> Result<Vec<RunRow>> {
         claim::take(self, params, ids)
+    }
+
+    fn channel_pause(&mut self, channel: &str, now: DateTime<Utc>) -> Result<bool> {
+        pauses::pause(self, channel, now)
+    }
+
+    fn channel_resume(&mut self, channel: &str) -> Result<bool> {
+        pauses::resume(self, channel)
+    }
+
+    fn channels_paused(&mut self) -> Result<Vec<(String, DateTime<Utc>)>> {
+        pauses::paused(self)
     }
 
     fn job_progress_save(&mut self, reports: &[(i64, crate::progress::Progress)]) -> Result<()> {

@@ -46,6 +46,7 @@ const SQLITE: &[Step] = steps!("sqlite":
     "2026-11-25-000003_dependencies",
     "2026-12-02-000005_isolation",
     "2026-12-02-000006_progress",
+    "2026-12-02-000007_channel_pause",
 );
 
 const POSTGRES: &[Step] = steps!("postgres":
@@ -55,6 +56,7 @@ const POSTGRES: &[Step] = steps!("postgres":
     "2026-11-26-000004_autovacuum",
     "2026-12-02-000005_isolation",
     "2026-12-02-000006_progress",
+    "2026-12-02-000007_channel_pause",
 );
 
 /// The steps of `backend`'s schema, in order.

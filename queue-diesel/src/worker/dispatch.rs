@@ -22,7 +22,7 @@ use crate::connection::AnyConnection;
 use crate::error::{Error, Result};
 use crate::function::registry;
 use crate::maintenance::{Pruner, Rescuer};
-use crate::run::batch::{BatchReport, BatchTicket, LONG_RUN, SLOW_CLAIM, refresh_statistics};
+use crate::run::batch::{BatchReport, LONG_RUN, SLOW_CLAIM, refresh_statistics};
 use crate::run::{GaveUp, JobControl, chain};
 use crate::store::{ChannelFilter, ClaimParams, RunRow, Store};
 
@@ -32,7 +32,7 @@ const UNKNOWN_FUNCTIONS_INTERVAL: Duration = Duration::from_secs(600);
 const MAX_CLAIM_BACKOFF: Duration = Duration::from_secs(10);
 /// What a job is assumed to take before any has run: the first batch holds
 /// `batch_time / this` jobs.
-const FIRST_GUESS_PER_JOB: Duration = Duration::from_millis(5);
+pub(super) const FIRST_GUESS_PER_JOB: Duration = Duration::from_millis(5);
 
 /// How a worker runs: until stopped, or until no due job is left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +137,7 @@ impl Dispatch {
         self.wake_seq += 1;
     }
 
-    fn next_flight(&mut self) -> u64 {
+    pub(super) fn next_flight(&mut self) -> u64 {
         self.flights += 1;
         self.flights
     }
@@ -270,6 +270,7 @@ impl Worker {
         let pruner = Pruner::new(self.db.clone(), self.config.retention);
         let (mut last_rescue, mut last_prune) = (Instant::now(), Instant::now());
         let mut last_unknown = Instant::now();
+        let mut pauses = super::pauses::Pauses::default();
         let mut backoff = Duration::from_millis(100);
         self.report_unknown_functions();
         if mode == Mode::Serve {
@@ -297,9 +298,13 @@ impl Worker {
                 }
             }
             self.settle(state);
+            if pauses.refresh(&self.db) {
+                // A channel resumed: its jobs are worth a look.
+                state.wake();
+            }
             state.handed_out = false;
             let mut failed = false;
-            for filter in &filters {
+            for filter in &pauses.apply(&filters) {
                 if let Err(e) = self.hand_out(filter, state, jobs) {
                     if matches!(e, Error::NoExecutors) {
                         return Err(e);
@@ -323,7 +328,7 @@ impl Worker {
                 backoff = Duration::from_millis(100);
                 let until_poll = poll.saturating_sub(last_poll.elapsed());
                 let watch = self.watch_interval(state);
-                until_poll.min(watch)
+                until_poll.min(watch).min(pauses.until_refresh())
             };
             match events.recv_timeout(wait) {
                 Ok(event) => {
@@ -526,70 +531,5 @@ impl Worker {
         jobs.send(Assignment::Alone { flight, row, lease: Arc::clone(lease), control })
             .map_err(|_| Error::NoExecutors)?;
         Ok(flight)
-    }
-
-    /// Hand batches of `filter`'s channel to executors: one while the channel is not known to
-    /// hold more than a batch, then one per free slot while batches come back full.
-    fn start_batches(
-        &self,
-        filter: &ChannelFilter,
-        state: &mut Dispatch,
-        jobs: &Sender<Assignment>,
-    ) -> Result<()> {
-        let channels = &self.config.channels;
-        let node = &filter.node;
-        if state.dry.contains(&(node.clone(), true)) {
-            return Ok(());
-        }
-        let books = state.batches.get(node);
-        let running = books.map_or(0, |b| b.running);
-        let full = books.is_some_and(|b| b.full);
-        // A wake-up since the last batch began: the running batches may have claimed before the
-        // new jobs committed, so one more must look.
-        let woken = books.is_none_or(|b| b.started_seq < state.wake_seq);
-        let free = state.load.free(channels, node);
-        let starts = if full { free } else { usize::from(running == 0 || woken).min(free) };
-        for _ in 0..starts {
-            let taken = state.slots.acquire(channels, node, 1);
-            if taken.first().is_none_or(|(_, slots)| slots.is_empty()) {
-                break;
-            }
-            let slots: Vec<(String, usize)> =
-                taken.into_iter().filter_map(|(name, slots)| Some((name, *slots.first()?))).collect();
-            let books = state.batches.entry(node.clone()).or_default();
-            books.running += 1;
-            books.full = false;
-            books.started_seq = state.wake_seq;
-            let per_job = books.per_job.unwrap_or(FIRST_GUESS_PER_JOB).max(Duration::from_micros(1));
-            let by_time = (self.config.batch_time.as_secs_f64() / per_job.as_secs_f64()) as usize;
-            // A batch that ran out of savepoints before its time: jobs that write; claim no
-            // more than it ran, plus one to notice when they stop writing.
-            let limit = books.savepoint_cap.map_or(by_time, |cap| by_time.min(cap + 1));
-            let ticket = BatchTicket {
-                worker_id: Arc::from(self.config.worker_id.as_str()),
-                channel: filter.clone(),
-                funcs: Arc::clone(&state.funcs),
-                alone: Arc::clone(&state.alone),
-                limit: limit.clamp(1, self.config.batch_jobs.max(1)),
-                budget: self.config.batch_time,
-                seen: state.seen.clone(),
-            };
-            state.load.start(node);
-            state.handed_out = true;
-            let control = Arc::new(JobControl::default());
-            let flight = state.next_flight();
-            let unit = Flight {
-                node: node.clone(),
-                control: Arc::clone(&control),
-                deadline: None,
-                leased: None,
-                seq: state.wake_seq,
-                slots,
-                slots_session: state.slots.session,
-            };
-            state.in_flight.insert(flight, unit);
-            jobs.send(Assignment::Batch { flight, ticket, control }).map_err(|_| Error::NoExecutors)?;
-        }
-        Ok(())
     }
 }

@@ -10,8 +10,10 @@
 //! alone. Both take the jobs at the head of a channel, so one claim order holds for every path.
 //! The dispatcher also watches what runs ([`watch`]): timeouts, the hang limit, the graceful stop.
 
+mod batches;
 mod dispatch;
 mod executors;
+mod pauses;
 mod slots;
 mod watch;
 
