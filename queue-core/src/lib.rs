@@ -40,7 +40,7 @@ pub use context::Context;
 pub use ending::{Ending, Isolation, Settlement, Tries};
 pub use error::{Error, JobError, JobResult, Result};
 pub use job::{Job, JobId, NewJob};
-pub use options::{Eta, FunctionDefaults, JobOptions};
+pub use options::{Eta, FunctionDefaults, JobOptions, Unique};
 pub use registry::Registry;
 pub use retry::RetryPattern;
 pub use state::{JobState, OperatorAction};

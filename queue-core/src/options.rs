@@ -182,6 +182,27 @@ pub struct JobOptions {
     pub expected_at: Option<Eta>,
     /// Jobs that must be done before this one starts (queue_job's `chain`, `group`, `on_done`).
     pub depends_on: Vec<crate::job::JobId>,
+    /// How far the identity key keeps a second job out, beyond a job that has not run yet.
+    pub unique: Option<Unique>,
+}
+
+/// How far an identity key keeps a second job out (`.unique(period, states)`): besides a job
+/// with the key that has not run yet, one queued within `period`, or one in any of `states`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Unique {
+    /// A job with the key queued this recently keeps the new one out.
+    pub period: Option<std::time::Duration>,
+    /// A job with the key in one of these states keeps the new one out.
+    pub states: Vec<crate::state::JobState>,
+}
+
+/// [`Unique`] resolved against the time of the call: what the store checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedUnique {
+    /// A job with the key queued at or after this keeps the new one out.
+    pub since: Option<DateTime<Utc>>,
+    /// A job with the key in one of these states keeps the new one out.
+    pub states: Vec<crate::state::JobState>,
 }
 
 /// Options with every default applied and every value checked: what is stored on the row.
@@ -201,6 +222,8 @@ pub struct ResolvedOptions {
     pub identity_key: Option<String>,
     /// Deadline used in ordering, if any.
     pub expected_at: Option<DateTime<Utc>>,
+    /// How far the identity key keeps a second job out, beyond one that has not run yet.
+    pub unique: Option<ResolvedUnique>,
 }
 
 impl JobOptions {
@@ -280,7 +303,26 @@ impl JobOptions {
         {
             return Err(Error::Option("identity_key must not be empty".into()));
         }
+        if self.unique.is_some() && self.identity_key.is_none() {
+            return Err(Error::Option(
+                "unique needs an identity_key: the key that tells which jobs are the same".into(),
+            ));
+        }
+        let unique = match &self.unique {
+            Some(unique) => {
+                let since = match unique.period {
+                    Some(period) => Some(
+                        now - chrono::TimeDelta::from_std(period)
+                            .map_err(|_| Error::Option(format!("unique period {period:?} is too long")))?,
+                    ),
+                    None => None,
+                };
+                Some(ResolvedUnique { since, states: unique.states.clone() })
+            }
+            None => None,
+        };
         Ok(ResolvedOptions {
+            unique,
             expected_at: self.expected_at.map(|eta| eta.resolve(now)),
             priority: self.priority.or(defaults.priority).unwrap_or(DEFAULT_PRIORITY),
             eta: self.eta.map(|eta| eta.resolve(now)),

@@ -108,6 +108,15 @@ pub fn model(m: &Model) -> TokenStream {
                 self
             }
 
+            /// Keep a second job with the same identity key out for longer: while a job with the
+            /// key queued within `period` exists, or one in any of `states` (e.g.
+            /// `&[JobState::Started]`); the call then returns the existing job's handle. Concurrent
+            /// callers agree: the database serializes them per key.
+            pub fn unique(mut self, period: ::std::time::Duration, states: &[#krate::JobState]) -> Self {
+                self.options.unique = Some(#krate::__private::Unique { period: Some(period), states: states.to_vec() });
+                self
+            }
+
             /// Start only once the job(s) of `handle` are done (queue_job's `on_done`; call it
             /// several times for a group). A cancelled parent cancels this job too; a failed one
             /// keeps it waiting until an operator requeues or sets the parent done.

@@ -166,7 +166,7 @@ pub mod __private {
     pub use crate::{AnyConnection, Env, Error, JobConnection, JobHandle};
     pub use diesel;
     pub use inventory;
-    pub use queue_core::options::{FunctionDefaults, JobOptions};
+    pub use queue_core::options::{FunctionDefaults, JobOptions, Unique};
     pub use queue_core::{Eta, JobResult};
     pub use serde_json::{Map, Value};
 }

@@ -22,4 +22,5 @@ mod store;
 mod testing;
 mod timeouts;
 mod tls;
+mod unique;
 mod worker;

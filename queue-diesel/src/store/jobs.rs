@@ -49,6 +49,11 @@ pub(super) fn insert_unique(conn: &mut AnyConnection, job: &NewJob) -> Result<(J
     use queue_job::dsl;
     let mut row = NewJobRow::from_job(job)?;
     let parents = if job.parents.is_empty() { Vec::new() } else { parents_of(conn, job, &mut row)? };
+    if let (Some(key), Some(unique)) = (job.options.identity_key.as_deref(), &job.options.unique)
+        && let Some(uuid) = unique_holder(conn, key, unique)?
+    {
+        return Ok((uuid, false));
+    }
     let Some(key) = job.options.identity_key.as_deref() else {
         let id: i64 = with_backend!(conn, c => diesel::insert_into(queue_job::table)
             .values(&row)
@@ -92,6 +97,35 @@ pub(super) fn insert_unique(conn: &mut AnyConnection, job: &NewJob) -> Result<(J
         }
     }
     Err(Error::Config(format!("identity key {key:?} keeps changing hands; try again")))
+}
+
+/// The job with `key` that keeps a new one out under `unique` (queued since its period began,
+/// or in one of its states), if any. Callers with the same key are serialized until their
+/// transactions end (PostgreSQL: an advisory lock; SQLite: its one writer), so the second sees
+/// what the first queued.
+fn unique_holder(
+    conn: &mut AnyConnection,
+    key: &str,
+    unique: &queue_core::options::ResolvedUnique,
+) -> Result<Option<JobId>> {
+    use queue_job::dsl;
+    conn.identity_key_lock(key)?;
+    let states: Vec<&str> = unique.states.iter().map(|s| s.as_str()).collect();
+    let since = unique.since.map(|t| t.naive_utc());
+    let found: Option<String> = with_backend!(conn, c => {
+        let mut query = dsl::queue_job.filter(dsl::identity_key.eq(key)).select(dsl::uuid).into_boxed();
+        query = match since {
+            Some(since) => query.filter(dsl::state.eq_any(states.clone()).or(dsl::date_created.ge(since))),
+            None => query.filter(dsl::state.eq_any(states.clone())),
+        };
+        query.order(dsl::id.desc()).first(c).optional()
+    })
+    .map_err(Error::query("find the job that keeps a unique one out"))?;
+    found
+        .map(|uuid| {
+            uuid.parse::<JobId>().map_err(|e| Error::Decode { what: "uuid", job: uuid.clone(), source: Box::new(e) })
+        })
+        .transpose()
 }
 
 pub(super) fn get(conn: &mut AnyConnection, uuid: &JobId) -> Result<Option<Job>> {

@@ -189,6 +189,18 @@ impl AnyConnection {
         .map_err(Error::query(what))
     }
 
+    /// Serialize the callers queueing jobs with identity key `key` until the current transaction
+    /// ends (PostgreSQL: a transaction advisory lock; SQLite's one writer already does).
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+    fn identity_key_lock(&mut self, key: &str) -> Result<()> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            AnyConnection::Sqlite(_) => Ok(()),
+            #[cfg(feature = "postgres")]
+            AnyConnection::Postgres(c) => postgres::identity_key_lock(c, key),
+        }
+    }
+
     /// Most savepoints one transaction should take: PostgreSQL keeps the subtransactions of a
     /// transaction in a per-session cache of 64; past it, every other session's snapshots get
     /// slower. The bound leaves room for the savepoints job bodies take themselves. SQLite has

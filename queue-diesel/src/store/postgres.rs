@@ -84,6 +84,25 @@ pub(super) fn schema_migrate(c: &mut PgConnection, on_step: super::schema::OnSte
     outcome
 }
 
+/// Namespace of the identity-key locks (`pg_advisory_xact_lock(IDENTITY_LOCK, hash)`).
+const IDENTITY_LOCK: i32 = 0x7175_6e69; // "quni"
+
+pub(super) fn identity_key_lock(c: &mut PgConnection, key: &str) -> Result<()> {
+    // FNV-1a of the key: the same key always takes the same lock (different keys rarely share
+    // one, which only serializes them).
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in key.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    diesel::sql_query("SELECT pg_advisory_xact_lock($1, $2)")
+        .bind::<diesel::sql_types::Integer, _>(IDENTITY_LOCK)
+        .bind::<diesel::sql_types::Integer, _>(hash as i32)
+        .execute(c)
+        .map(|_| ())
+        .map_err(Error::query("lock an identity key"))
+}
+
 /// A slot number as the advisory lock's second key.
 fn slot_key(slot: usize) -> i32 {
     i32::try_from(slot).unwrap_or(i32::MAX)
