@@ -133,3 +133,15 @@ pub struct Job {
     /// Runs stopped by something that was not the job's fault (a deadlock, a lost session).
     pub interruptions: i32,
 }
+
+impl Job {
+    /// The first line of its error, `name: message`; empty when it has none.
+    pub fn error_line(&self) -> String {
+        let message = self.exc_message.as_deref().and_then(|m| m.lines().next()).unwrap_or_default();
+        match self.exc_name.as_deref() {
+            Some(name) if !message.is_empty() => format!("{name}: {message}"),
+            Some(name) => name.to_owned(),
+            None => message.to_owned(),
+        }
+    }
+}

@@ -174,9 +174,8 @@ fn read_commands_print_json_and_never_migrate(t: TestDb) {
     assert_eq!(timed.map(|f| f["timeout_seconds"].clone()), Some(serde_json::json!(0.3)), "{out}");
 
     // Without the queue's tables, read commands say to migrate and create nothing.
-    let drop = "DROP TABLE queue_job_dependency; DROP TABLE queue_job; DROP TABLE queue_job_progress; \
-                DROP TABLE queue_schema_migrations;";
-    t.db.conn().expect("conn").batch(drop).expect("dropped");
+    let drop = queue_diesel::migrations::script(t.db.backend(), false);
+    t.db.conn().expect("conn").batch(&drop).expect("dropped");
     for args in [&["jobs", "list"][..], &["jobs", "count"], &["stats"], &["channels"]] {
         let (ok, _, err) = cli(&t.url, &[], args);
         assert!(

@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use queue_core::{JobId, JobState, OperatorAction};
 use serde_json::{Value, json};
 
-use super::output::{Progress, clip, confirm, error_line, job_json, print_json};
+use super::output::{Progress, clip, confirm, job_json, print_json};
 use crate::database::Database;
 use crate::error::{Error, Result};
 use crate::store::{ListParams, PruneParams, Store, Views};
@@ -133,7 +133,7 @@ pub(super) fn run(db: &Database, command: JobsCommand) -> Result<()> {
                     eta,
                     clip(&job.func, 32),
                     clip(&job.description, 32),
-                    clip(&error_line(&job), 80),
+                    clip(&job.error_line(), 80),
                 );
             }
             Ok(())

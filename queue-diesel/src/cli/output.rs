@@ -59,16 +59,6 @@ pub(super) fn job_json(job: &Job, family: Option<&Family>) -> Value {
     value
 }
 
-/// The first line of a job's error, `name: message`, or nothing.
-pub(super) fn error_line(job: &Job) -> String {
-    let message = job.exc_message.as_deref().and_then(|m| m.lines().next()).unwrap_or_default();
-    match job.exc_name.as_deref() {
-        Some(name) if !message.is_empty() => format!("{name}: {message}"),
-        Some(name) => name.to_owned(),
-        None => message.to_owned(),
-    }
-}
-
 /// `text` cut to `width` characters, an ellipsis marking the cut.
 pub(super) fn clip(text: &str, width: usize) -> String {
     if text.chars().count() <= width {

@@ -87,15 +87,6 @@ fn state_class(state: JobState) -> &'static str {
     }
 }
 
-fn error_line(job: &Job) -> String {
-    let message = job.exc_message.as_deref().and_then(|m| m.lines().next()).unwrap_or_default();
-    match job.exc_name.as_deref() {
-        Some(name) if !message.is_empty() => format!("{name}: {message}"),
-        Some(name) => name.to_owned(),
-        None => message.to_owned(),
-    }
-}
-
 fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
     t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default()
 }
@@ -161,7 +152,7 @@ pub(super) fn jobs(shared: &Shared, data: &JobsPage, can_act: bool) -> String {
                     td { (job.attempts) }
                     td { (time(job.eta)) }
                     td { (time(Some(job.date_created))) }
-                    td { (error_line(job)) }
+                    td { (job.error_line()) }
                 }
             }
         }
@@ -203,7 +194,7 @@ pub(super) fn job(
         @if let Some(message) = message { p.message { (message) } }
         @if job.exc_name.is_some() || job.exc_message.is_some() {
             h2 { "Error" }
-            p.failed { (error_line(job)) }
+            p.failed { (job.error_line()) }
             pre { (opt(&job.exc_message)) "\n\n" (opt(&job.exc_info)) }
         }
         table {

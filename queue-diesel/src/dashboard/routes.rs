@@ -84,41 +84,6 @@ fn may_act(shared: &Shared, headers: &HeaderMap, form: &Params) -> std::result::
     Ok(())
 }
 
-/// A page, or the request for the token. A valid `?token=` is kept in a cookie and dropped from
-/// the address.
-fn page(
-    shared: &Shared,
-    headers: &HeaderMap,
-    query: &Params,
-    path: &str,
-    render: impl FnOnce() -> Response,
-) -> Response {
-    if let Some(given) = query.get("token") {
-        if !is_token(shared, Some(given)) {
-            return (
-                StatusCode::FORBIDDEN,
-                Html(pages::message("Wrong token", "The token given is not the dashboard's.")),
-            )
-                .into_response();
-        }
-        let rest: Vec<(String, String)> =
-            query.iter().filter(|(k, _)| *k != "token").map(|(k, v)| (k.clone(), v.clone())).collect();
-        let cookie = format!("{COOKIE}={given}; HttpOnly; SameSite=Strict; Path=/");
-        return ([(header::SET_COOKIE, cookie)], Redirect::to(&pages::link(path, &rest))).into_response();
-    }
-    if !may_read(shared, headers, query) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Html(pages::message(
-                "Token needed",
-                "Open the dashboard with ?token=… (its QUEUE_DASHBOARD_TOKEN).",
-            )),
-        )
-            .into_response();
-    }
-    render()
-}
-
 /// Run `f` on a blocking thread (the database calls block).
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
@@ -169,11 +134,28 @@ pub(super) fn filters(fields: &Params) -> Result<ListParams> {
     Ok(params)
 }
 
-/// The gate every page goes through: `Some` response when the page is not to be rendered (the
-/// token is needed, or was just given and is kept in a cookie).
+/// The gate every page goes through: `Some` response when the page is not to be rendered. A
+/// valid `?token=` is kept in a cookie and dropped from the address; a wrong one, or none off
+/// loopback, is refused.
 fn gate(shared: &Shared, headers: &HeaderMap, query: &Params, path: &str) -> Option<Response> {
-    let gate = page(shared, headers, query, path, || StatusCode::OK.into_response());
-    (gate.status() != StatusCode::OK || gate.headers().contains_key(header::SET_COOKIE)).then_some(gate)
+    if let Some(given) = query.get("token") {
+        if !is_token(shared, Some(given)) {
+            let page = pages::message("Wrong token", "The token given is not the dashboard's.");
+            return Some((StatusCode::FORBIDDEN, Html(page)).into_response());
+        }
+        let rest: Vec<(String, String)> =
+            query.iter().filter(|(k, _)| *k != "token").map(|(k, v)| (k.clone(), v.clone())).collect();
+        let cookie = format!("{COOKIE}={given}; HttpOnly; SameSite=Strict; Path=/");
+        return Some(
+            ([(header::SET_COOKIE, cookie)], Redirect::to(&pages::link(path, &rest))).into_response(),
+        );
+    }
+    if !may_read(shared, headers, query) {
+        let page =
+            pages::message("Token needed", "Open the dashboard with ?token=… (its QUEUE_DASHBOARD_TOKEN).");
+        return Some((StatusCode::UNAUTHORIZED, Html(page)).into_response());
+    }
+    None
 }
 
 async fn jobs(
