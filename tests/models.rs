@@ -327,6 +327,15 @@ impl Partner {
         Ok(())
     }
 
+    /// Appends the moment it starts (microseconds since the epoch) to `path`.
+    #[job(channel = "root.mail")]
+    pub fn stamped(_records: Vec<Partner>, path: String) -> JobResult {
+        let micros =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+        append(&path, &format!("{micros}\n"));
+        Ok(())
+    }
+
     /// Reports its progress over `steps` steps of `step_ms` each, then fails when told to.
     #[job(max_retries = 1)]
     pub fn progresses(_records: Vec<Partner>, env: &Env, steps: u64, step_ms: u64, fail: bool) -> JobResult {

@@ -46,6 +46,33 @@ pub struct Channel {
     /// Strict order: one job at a time (its capacity is 1), in order; a failed job blocks the
     /// channel.
     pub sequential: bool,
+    /// How often its jobs may start, across every worker (`throttle=`, `rate=`).
+    pub limits: Limits,
+}
+
+/// How often a channel's jobs may start, across every worker and host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Limits {
+    /// At least this long between two starts (queue_job's `throttle`).
+    pub throttle: Option<std::time::Duration>,
+    /// At most this many starts in any period this long (`rate=100/1m`).
+    pub rate: Option<(u32, std::time::Duration)>,
+}
+
+impl Limits {
+    /// Whether any limit is set.
+    pub fn any(&self) -> bool {
+        self.throttle.is_some() || self.rate.is_some()
+    }
+}
+
+/// `30s`, `1m30s`, `250ms`: the same text [`crate::options::parse_duration`] reads.
+fn duration_text(d: std::time::Duration) -> String {
+    if d.subsec_millis() > 0 || d.as_secs() == 0 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", d.as_secs())
+    }
 }
 
 /// A parsed channel configuration.
@@ -59,7 +86,12 @@ pub const DEFAULT_ROOT_CAPACITY: usize = 1;
 
 impl Default for ChannelConfig {
     fn default() -> Self {
-        let root = Channel { name: ROOT.into(), capacity: DEFAULT_ROOT_CAPACITY, sequential: false };
+        let root = Channel {
+            name: ROOT.into(),
+            capacity: DEFAULT_ROOT_CAPACITY,
+            sequential: false,
+            limits: Limits::default(),
+        };
         ChannelConfig { channels: BTreeMap::from([(ROOT.to_owned(), root)]) }
     }
 }
@@ -107,12 +139,32 @@ impl FromStr for ChannelConfig {
                 },
             };
             let mut sequential = false;
+            let mut limits = Limits::default();
             for option in fields {
-                match option {
-                    SEQUENTIAL => sequential = true,
-                    other => {
+                let bad = |why: &str| Error::ChannelConfig(format!("{why} in {token:?}, got {option:?}"));
+                let duration = |text: &str, why: &str| {
+                    crate::options::parse_duration(text).ok().filter(|d| !d.is_zero()).ok_or_else(|| bad(why))
+                };
+                match option.split_once('=') {
+                    None if option == SEQUENTIAL => sequential = true,
+                    Some(("throttle", value)) => {
+                        limits.throttle =
+                            Some(duration(value, "expected throttle=<duration> like throttle=10s")?);
+                    }
+                    Some(("rate", value)) => {
+                        let expected = "expected rate=<starts>/<period> like rate=100/1m";
+                        let (count, period) = value.split_once('/').ok_or_else(|| bad(expected))?;
+                        let count = count
+                            .trim()
+                            .parse::<u32>()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| bad(expected))?;
+                        limits.rate = Some((count, duration(period.trim(), expected)?));
+                    }
+                    _ => {
                         return Err(Error::ChannelConfig(format!(
-                            "unknown channel option {other:?} in {token:?}; expected \"sequential\""
+                            "unknown channel option {option:?} in {token:?}; expected \"sequential\", \"throttle=<duration>\" or \"rate=<starts>/<period>\""
                         )));
                     }
                 }
@@ -122,7 +174,7 @@ impl FromStr for ChannelConfig {
                     "a sequential channel runs one job at a time: expected capacity 1 (or none) in {token:?}, got {capacity}"
                 )));
             }
-            let channel = Channel { name: name.to_owned(), capacity, sequential };
+            let channel = Channel { name: name.to_owned(), capacity, sequential, limits };
             if channels.insert(name.to_owned(), channel).is_some() {
                 return Err(Error::ChannelConfig(format!("channel {name:?} is configured twice")));
             }
@@ -135,8 +187,12 @@ impl FromStr for ChannelConfig {
                     "the capacity of root, the sum of its children's ({sum}), is above the limit of {MAX_CAPACITY}: give root a capacity, or run more workers"
                 )));
             }
-            let root =
-                Channel { name: ROOT.into(), capacity: sum.max(DEFAULT_ROOT_CAPACITY), sequential: false };
+            let root = Channel {
+                name: ROOT.into(),
+                capacity: sum.max(DEFAULT_ROOT_CAPACITY),
+                sequential: false,
+                limits: Limits::default(),
+            };
             channels.insert(ROOT.to_owned(), root);
         }
         Ok(ChannelConfig { channels })
@@ -153,12 +209,23 @@ impl fmt::Display for ChannelConfig {
             if channel.sequential {
                 f.write_str(":sequential")?;
             }
+            if let Some(throttle) = channel.limits.throttle {
+                write!(f, ":throttle={}", duration_text(throttle))?;
+            }
+            if let Some((count, period)) = channel.limits.rate {
+                write!(f, ":rate={count}/{}", duration_text(period))?;
+            }
         }
         Ok(())
     }
 }
 
 impl ChannelConfig {
+    /// How often jobs of the configured channel `name` may start.
+    pub fn limits(&self, name: &str) -> Limits {
+        self.channels.get(name).map_or_else(Limits::default, |c| c.limits)
+    }
+
     /// The configured channels, by name.
     pub fn channels(&self) -> impl Iterator<Item = &Channel> {
         self.channels.values()
@@ -315,6 +382,38 @@ mod tests {
     }
 
     #[test]
+    fn throttles_and_rates_are_channel_options() {
+        let c = config(
+            "root:4,root.mail:2:throttle=10s,root.sms:4:rate=100/1m,root.push:1:throttle=250ms:rate=3/1s",
+        );
+        assert_eq!(c.limits("root.mail").throttle, Some(std::time::Duration::from_secs(10)));
+        assert_eq!(c.limits("root.sms").rate, Some((100, std::time::Duration::from_secs(60))));
+        assert!(c.limits("root.push").throttle.is_some() && c.limits("root.push").rate.is_some());
+        assert!(!c.limits("root").any());
+        assert_eq!(c.to_string().parse::<ChannelConfig>().expect("printed"), c);
+        for (text, message) in [
+            (
+                "root.mail:1:throttle=soon",
+                r#"expected throttle=<duration> like throttle=10s in "root.mail:1:throttle=soon", got "throttle=soon""#,
+            ),
+            (
+                "root.mail:1:throttle=0s",
+                r#"expected throttle=<duration> like throttle=10s in "root.mail:1:throttle=0s""#,
+            ),
+            (
+                "root.sms:1:rate=100",
+                r#"expected rate=<starts>/<period> like rate=100/1m in "root.sms:1:rate=100", got "rate=100""#,
+            ),
+            ("root.sms:1:rate=0/1m", r#"expected rate=<starts>/<period> like rate=100/1m"#),
+            ("root.sms:1:rate=5/often", r#"expected rate=<starts>/<period> like rate=100/1m"#),
+            ("root.sms:1:speed=5", r#"unknown channel option "speed=5" in "root.sms:1:speed=5""#),
+        ] {
+            let err = text.parse::<ChannelConfig>().expect_err(text).to_string();
+            assert!(err.contains(message), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_bad_token() {
         let cases = [
             (
@@ -331,7 +430,7 @@ mod tests {
             ),
             (
                 "root:1:fast",
-                r#"invalid channel configuration: unknown channel option "fast" in "root:1:fast"; expected "sequential""#,
+                r#"invalid channel configuration: unknown channel option "fast" in "root:1:fast"; expected "sequential", "throttle=<duration>" or "rate=<starts>/<period>""#,
             ),
             ("root:1,root:2", r#"invalid channel configuration: channel "root" is configured twice"#),
             (
@@ -340,7 +439,7 @@ mod tests {
             ),
             (
                 "root.mail:sequential:2",
-                r#"invalid channel configuration: unknown channel option "2" in "root.mail:sequential:2"; expected "sequential""#,
+                r#"invalid channel configuration: unknown channel option "2" in "root.mail:sequential:2"; expected "sequential", "throttle=<duration>" or "rate=<starts>/<period>""#,
             ),
             (
                 "root:99999999999",

@@ -101,5 +101,17 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Recent job starts of channels with a throttle or a rate limit.
+    queue_channel_start (id) {
+        /// Row id.
+        id -> BigInt,
+        /// The configured channel.
+        channel -> Text,
+        /// When a worker took the right to start one of its jobs.
+        started_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(queue_job_dependency -> queue_job (parent_id));
 diesel::allow_tables_to_appear_in_same_query!(queue_job, queue_job_dependency, queue_job_progress);

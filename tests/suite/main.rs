@@ -10,6 +10,7 @@ mod crash;
 mod dashboard;
 mod dependencies;
 mod isolation;
+mod limits;
 mod metrics;
 mod migrations;
 mod modes;

@@ -12,6 +12,7 @@ mod claim;
 mod conflict;
 mod finish;
 mod jobs;
+mod limits;
 mod params;
 mod pauses;
 mod progress;
@@ -75,6 +76,17 @@ pub trait Store {
     fn job_claim_sequential(&mut self, params: &ClaimParams<'_>) -> Result<Vec<RunRow>>;
     /// Mark these `pending` jobs (chosen from the head) `started` under the claim's lease.
     fn job_take(&mut self, params: &ClaimParams<'_>, ids: &[i64]) -> Result<Vec<RunRow>>;
+    /// Take the right to start up to `want` jobs of the configured channel `channel` now under
+    /// its throttle and rate limit, across every worker; one id per start granted.
+    fn channel_starts_reserve(
+        &mut self,
+        channel: &str,
+        limits: &queue_core::channel::Limits,
+        want: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<i64>>;
+    /// Give back starts taken with [`Store::channel_starts_reserve`] but not used.
+    fn channel_starts_release(&mut self, ids: &[i64]) -> Result<()>;
     /// Pause `channel` (and every channel below it); false when it was paused already.
     fn channel_pause(&mut self, channel: &str, now: DateTime<Utc>) -> Result<bool>;
     /// Resume `channel`; false when it was not paused (itself).
@@ -191,6 +203,18 @@ impl AnyConnection {
 
     /// Serialize the callers queueing jobs with identity key `key` until the current transaction
     /// ends (PostgreSQL: a transaction advisory lock; SQLite's one writer already does).
+    /// Serialize the workers taking starts of `channel` until the current transaction ends
+    /// (PostgreSQL: a transaction advisory lock; SQLite's one writer already does).
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+    fn channel_start_lock(&mut self, channel: &str) -> Result<()> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            AnyConnection::Sqlite(_) => Ok(()),
+            #[cfg(feature = "postgres")]
+            AnyConnection::Postgres(c) => postgres::channel_start_lock(c, channel),
+        }
+    }
+
     #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
     fn identity_key_lock(&mut self, key: &str) -> Result<()> {
         match self {
@@ -230,6 +254,20 @@ impl Store for AnyConnection {
 
     fn job_take(&mut self, params: &ClaimParams<'_>, ids: &[i64]) -> Result<Vec<RunRow>> {
         claim::take(self, params, ids)
+    }
+
+    fn channel_starts_reserve(
+        &mut self,
+        channel: &str,
+        limits: &queue_core::channel::Limits,
+        want: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<i64>> {
+        limits::reserve(self, channel, limits, want, now)
+    }
+
+    fn channel_starts_release(&mut self, ids: &[i64]) -> Result<()> {
+        limits::release(self, ids)
     }
 
     fn channel_pause(&mut self, channel: &str, now: DateTime<Utc>) -> Result<bool> {

@@ -103,6 +103,18 @@ pub(super) fn identity_key_lock(c: &mut PgConnection, key: &str) -> Result<()> {
         .map_err(Error::query("lock an identity key"))
 }
 
+/// Namespace of the channel-start locks (`pg_advisory_xact_lock(START_LOCK, channel)`).
+const START_LOCK: i32 = 0x7174_6872; // "qthr"
+
+pub(super) fn channel_start_lock(c: &mut PgConnection, channel: &str) -> Result<()> {
+    diesel::sql_query("SELECT pg_advisory_xact_lock($1, $2)")
+        .bind::<diesel::sql_types::Integer, _>(START_LOCK)
+        .bind::<diesel::sql_types::Integer, _>(super::channel_key(channel))
+        .execute(c)
+        .map(|_| ())
+        .map_err(Error::query("lock a channel's starts"))
+}
+
 /// A slot number as the advisory lock's second key.
 fn slot_key(slot: usize) -> i32 {
     i32::try_from(slot).unwrap_or(i32::MAX)

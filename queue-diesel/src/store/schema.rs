@@ -47,6 +47,7 @@ const SQLITE: &[Step] = steps!("sqlite":
     "2026-12-02-000005_isolation",
     "2026-12-02-000006_progress",
     "2026-12-02-000007_channel_pause",
+    "2026-12-02-000008_channel_start",
 );
 
 const POSTGRES: &[Step] = steps!("postgres":
@@ -57,6 +58,7 @@ const POSTGRES: &[Step] = steps!("postgres":
     "2026-12-02-000005_isolation",
     "2026-12-02-000006_progress",
     "2026-12-02-000007_channel_pause",
+    "2026-12-02-000008_channel_start",
 );
 
 /// The steps of `backend`'s schema, in order.

@@ -26,6 +26,8 @@ use crate::run::batch::{BatchReport, LONG_RUN, SLOW_CLAIM, refresh_statistics};
 use crate::run::{GaveUp, JobControl, chain};
 use crate::store::{ChannelFilter, ClaimParams, RunRow, Store};
 
+/// How often a worker with a throttled or rate-limited channel tries to start its next job.
+const LIMIT_RECHECK: Duration = Duration::from_millis(50);
 /// How often a worker names the functions of pending jobs it cannot run.
 const UNKNOWN_FUNCTIONS_INTERVAL: Duration = Duration::from_secs(600);
 /// Longest pause after a failed claim (database down): doubles from 100 ms up to this.
@@ -271,6 +273,9 @@ impl Worker {
         let (mut last_rescue, mut last_prune) = (Instant::now(), Instant::now());
         let mut last_unknown = Instant::now();
         let mut pauses = super::pauses::Pauses::default();
+        // A throttled channel may start its next job before anything wakes the worker.
+        let limited = channels.channels().any(|c| c.limits.any());
+        let recheck = if limited { LIMIT_RECHECK } else { Duration::MAX };
         let mut backoff = Duration::from_millis(100);
         self.report_unknown_functions();
         if mode == Mode::Serve {
@@ -328,7 +333,7 @@ impl Worker {
                 backoff = Duration::from_millis(100);
                 let until_poll = poll.saturating_sub(last_poll.elapsed());
                 let watch = self.watch_interval(state);
-                until_poll.min(watch).min(pauses.until_refresh())
+                until_poll.min(watch).min(pauses.until_refresh()).min(recheck)
             };
             match events.recv_timeout(wait) {
                 Ok(event) => {
@@ -364,7 +369,9 @@ impl Worker {
             return Ok(());
         }
         let sequential = self.config.channels.is_sequential(node);
-        let batches = !sequential && self.config.batch_jobs > 0;
+        // A throttled or rate-limited channel's jobs start one claim at a time, each counted.
+        let limited = self.config.channels.limits(node).any();
+        let batches = !sequential && !limited && self.config.batch_jobs > 0;
         if !batches || state.head_alone.contains(node) {
             self.claim_alone(filter, sequential, !batches, state, jobs)?;
         }
@@ -398,6 +405,25 @@ impl Worker {
         if want == 0 {
             return Ok(());
         }
+        // The channel's throttle and rate limit, held across every worker: starts are taken
+        // before the claim, and those the claim did not use given back after it.
+        let limits = channels.limits(node);
+        let mut starts = Vec::new();
+        if limits.any() {
+            let now = self.db.now();
+            match state.conn(self).and_then(|conn| conn.channel_starts_reserve(node, &limits, want, now)) {
+                Ok(ids) => starts = ids,
+                Err(e) => {
+                    state.slots.release(taken);
+                    return Err(e);
+                }
+            }
+            if starts.is_empty() {
+                state.slots.release(taken);
+                return Ok(());
+            }
+        }
+        let want = if limits.any() { starts.len() } else { want };
         let lease: Arc<str> = Arc::from(JobId::new().to_string());
         let funcs = Arc::clone(&state.funcs);
         let params = ClaimParams {
@@ -455,6 +481,12 @@ impl Worker {
                 return Err(e);
             }
         };
+        if starts.len() > rows.len() {
+            let unused = starts.split_off(rows.len());
+            if let Err(e) = state.conn(self).and_then(|conn| conn.channel_starts_release(&unused)) {
+                tracing::warn!(error = %chain(&e), "cannot give back unused channel starts; the channel waits a little longer");
+            }
+        }
         state.waiting_for = wait.then(|| node.clone());
         let exclusive = rows.first().is_some_and(|row| row.isolation() == Isolation::Process);
         let mut row_slots: Vec<Vec<(String, usize)>> = vec![Vec::new(); rows.len()];
