@@ -1,7 +1,8 @@
 //! The queue's benchmark. Run with: `cargo run --release -p queue-bench -- [--database-url URL] [--json]`
 //! (SQLite in a temporary file by default; a PostgreSQL URL gets a database of its own, dropped
 //! afterwards). Prints a table, or with `--json` one JSON object:
-//! `enqueue_single`, `enqueue_bulk`, `process`, `process_write`, `process_isolated` (no-op jobs
+//! `enqueue_single`, `raw_insert_single` (the same row inserted by hand, one per transaction,
+//! measured with `enqueue_single`), `enqueue_bulk`, `process`, `process_write`, `process_isolated` (no-op jobs
 //! of an isolated function: each claimed under a lease and run in its own transaction; a quarter
 //! of `--jobs`), `latency_p50_ms`,
 //! `latency_p99_ms`, `latency_max_ms` (queued in this process), `latency_remote_p50_ms`,
@@ -182,7 +183,8 @@ fn main() -> Res<()> {
     }
     let want = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
 
-    // enqueue_single: one job per transaction.
+    // enqueue_single: one job per transaction; raw_insert_single: the same row by hand, in the
+    // same run, for comparison.
     if want("enqueue_single") {
         let n = (args.jobs / 4).max(100);
         let start = Instant::now();
@@ -190,6 +192,8 @@ fn main() -> Res<()> {
             db.transaction(Context::new(), |_| Item::queue().noop(NoRecords))?;
         }
         results.push(("enqueue_single", n as f64 / start.elapsed().as_secs_f64()));
+        clear(&db)?;
+        results.push(("raw_insert_single", raw_insert_single(&db, n)?));
         clear(&db)?;
     }
 
@@ -435,6 +439,25 @@ fn raw_fill(db: &Database, n: usize) -> Res<()> {
 fn raw_insert_bulk(db: &Database, n: usize) -> Res<f64> {
     let start = Instant::now();
     raw_fill(db, n)?;
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// One job row per transaction, inserted by hand into the queue's table (`BEGIN`, `INSERT`,
+/// `COMMIT`, as any application would): what `enqueue_single` is measured against; rows/s.
+fn raw_insert_single(db: &Database, n: usize) -> Res<f64> {
+    let mut conn = db.conn()?;
+    let begin = if db.backend() == Backend::Postgres { "BEGIN" } else { "BEGIN IMMEDIATE" };
+    let start = Instant::now();
+    for _ in 0..n {
+        let now = chrono::Utc::now().naive_utc().format("%Y-%m-%d %H:%M:%S%.6f").to_string();
+        conn.batch(begin)?;
+        conn.batch(&format!(
+            "INSERT INTO queue_job (uuid, state, func, model, record_ids, args, context, priority, channel, attempts, max_retries, description, date_created) \
+             VALUES ('{}', 'pending', 'bench.item.noop', 'bench.item', '[]', '{{}}', '{{}}', 10, 'root', 0, 5, 'Does nothing.', '{now}')",
+            uuid::Uuid::now_v7()
+        ))?;
+        conn.batch("COMMIT")?;
+    }
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
