@@ -340,19 +340,15 @@ fn clear(db: &Database) -> Res<()> {
     Ok(())
 }
 
-/// Whether any job is unfinished: stops at the first one found through the indexes on
-/// unfinished rows. (A count here, every 20 ms, cost the server a fifth of its CPU while the
-/// worker under measure ran.)
+/// Whether any job is unfinished: one row looked up per state through its index. (A count
+/// here, every 20 ms, cost the server a fifth of its CPU while the worker under measure ran.)
 fn any_unfinished(db: &Database) -> Res<bool> {
-    use diesel::dsl::exists;
-    use queue_diesel::schema::queue_job::dsl;
-    let states = [JobState::Pending.as_str(), JobState::Started.as_str()];
-    let query = diesel::select(exists(dsl::queue_job.filter(dsl::state.eq_any(states))));
-    let any = match &mut *db.conn()? {
-        queue_diesel::AnyConnection::Sqlite(c) => query.get_result(c)?,
-        queue_diesel::AnyConnection::Postgres(c) => query.get_result(c)?,
-    };
-    Ok(any)
+    for state in [JobState::Pending, JobState::Started] {
+        if !db.jobs(&queue_diesel::ListParams::default().state(state).limit(1))?.is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Run a worker until the queue is empty; jobs/s for `n` jobs.

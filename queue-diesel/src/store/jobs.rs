@@ -109,7 +109,7 @@ fn unique_holder(
     unique: &queue_core::options::ResolvedUnique,
 ) -> Result<Option<JobId>> {
     use queue_job::dsl;
-    conn.identity_key_lock(key)?;
+    conn.transaction_lock(super::TxLock::IdentityKey(key))?;
     let states: Vec<&str> = unique.states.iter().map(|s| s.as_str()).collect();
     let since = unique.since.map(|t| t.naive_utc());
     let found: Option<String> = with_backend!(conn, c => {

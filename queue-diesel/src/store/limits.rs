@@ -25,7 +25,7 @@ pub(super) fn reserve(
 ) -> Result<Vec<i64>> {
     use queue_channel_start::dsl;
     in_transaction_on::<_, Error>(conn, |conn| {
-        conn.channel_start_lock(channel)?;
+        conn.transaction_lock(super::TxLock::ChannelStarts(channel))?;
         let keep = limits.throttle.max(limits.rate.map(|(_, period)| period)).unwrap_or_default();
         let old = (now - delta(keep)).naive_utc();
         let mine = dsl::queue_channel_start.filter(dsl::channel.eq(channel));

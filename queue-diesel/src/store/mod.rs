@@ -189,6 +189,16 @@ pub trait Store {
     fn schema_migrate(&mut self, on_step: schema::OnStep<'_>) -> Result<()>;
 }
 
+/// What a transaction lock serializes until the transaction ends.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+enum TxLock<'a> {
+    /// The callers queueing jobs with this identity key.
+    IdentityKey(&'a str),
+    /// The workers taking starts of this channel.
+    ChannelStarts(&'a str),
+}
+
 impl AnyConnection {
     /// Run a statement built as text on either backend and load its rows.
     fn load_sql<T: Row>(&mut self, sql: &sql::Sql, what: &'static str) -> Result<Vec<T>> {
@@ -201,27 +211,15 @@ impl AnyConnection {
         .map_err(Error::query(what))
     }
 
-    /// Serialize the callers queueing jobs with identity key `key` until the current transaction
-    /// ends (PostgreSQL: a transaction advisory lock; SQLite's one writer already does).
-    /// Serialize the workers taking starts of `channel` until the current transaction ends
-    /// (PostgreSQL: a transaction advisory lock; SQLite's one writer already does).
+    /// Serialize what `lock` names until the current transaction ends (PostgreSQL: a
+    /// transaction advisory lock; SQLite's one writer already does).
     #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
-    fn channel_start_lock(&mut self, channel: &str) -> Result<()> {
+    fn transaction_lock(&mut self, lock: TxLock<'_>) -> Result<()> {
         match self {
             #[cfg(feature = "sqlite")]
             AnyConnection::Sqlite(_) => Ok(()),
             #[cfg(feature = "postgres")]
-            AnyConnection::Postgres(c) => postgres::channel_start_lock(c, channel),
-        }
-    }
-
-    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
-    fn identity_key_lock(&mut self, key: &str) -> Result<()> {
-        match self {
-            #[cfg(feature = "sqlite")]
-            AnyConnection::Sqlite(_) => Ok(()),
-            #[cfg(feature = "postgres")]
-            AnyConnection::Postgres(c) => postgres::identity_key_lock(c, key),
+            AnyConnection::Postgres(c) => postgres::transaction_lock(c, lock),
         }
     }
 

@@ -84,35 +84,30 @@ pub(super) fn schema_migrate(c: &mut PgConnection, on_step: super::schema::OnSte
     outcome
 }
 
-/// Namespace of the identity-key locks (`pg_advisory_xact_lock(IDENTITY_LOCK, hash)`).
+/// Namespaces of the transaction locks (`pg_advisory_xact_lock(namespace, key)`).
 const IDENTITY_LOCK: i32 = 0x7175_6e69; // "quni"
-
-pub(super) fn identity_key_lock(c: &mut PgConnection, key: &str) -> Result<()> {
-    // FNV-1a of the key: the same key always takes the same lock (different keys rarely share
-    // one, which only serializes them).
-    let mut hash: u32 = 0x811c_9dc5;
-    for byte in key.bytes() {
-        hash ^= u32::from(byte);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    diesel::sql_query("SELECT pg_advisory_xact_lock($1, $2)")
-        .bind::<diesel::sql_types::Integer, _>(IDENTITY_LOCK)
-        .bind::<diesel::sql_types::Integer, _>(hash as i32)
-        .execute(c)
-        .map(|_| ())
-        .map_err(Error::query("lock an identity key"))
-}
-
-/// Namespace of the channel-start locks (`pg_advisory_xact_lock(START_LOCK, channel)`).
 const START_LOCK: i32 = 0x7174_6872; // "qthr"
 
-pub(super) fn channel_start_lock(c: &mut PgConnection, channel: &str) -> Result<()> {
+pub(super) fn transaction_lock(c: &mut PgConnection, lock: super::TxLock<'_>) -> Result<()> {
+    let (namespace, key, what) = match lock {
+        super::TxLock::IdentityKey(key) => {
+            // FNV-1a of the key: the same key always takes the same lock (different keys rarely
+            // share one, which only serializes them).
+            let mut hash: u32 = 0x811c_9dc5;
+            for byte in key.bytes() {
+                hash ^= u32::from(byte);
+                hash = hash.wrapping_mul(0x0100_0193);
+            }
+            (IDENTITY_LOCK, hash as i32, "lock an identity key")
+        }
+        super::TxLock::ChannelStarts(channel) => (START_LOCK, super::channel_key(channel), "lock a channel's starts"),
+    };
     diesel::sql_query("SELECT pg_advisory_xact_lock($1, $2)")
-        .bind::<diesel::sql_types::Integer, _>(START_LOCK)
-        .bind::<diesel::sql_types::Integer, _>(super::channel_key(channel))
+        .bind::<diesel::sql_types::Integer, _>(namespace)
+        .bind::<diesel::sql_types::Integer, _>(key)
         .execute(c)
         .map(|_| ())
-        .map_err(Error::query("lock a channel's starts"))
+        .map_err(Error::query(what))
 }
 
 /// A slot number as the advisory lock's second key.
