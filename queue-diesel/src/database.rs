@@ -79,6 +79,7 @@ pub struct DatabaseBuilder {
     worker: bool,
     no_delay: bool,
     pool_size: u32,
+    keep_idle: bool,
     migrate: bool,
     batch_size: usize,
     max_args_bytes: usize,
@@ -113,6 +114,14 @@ impl DatabaseBuilder {
     /// Connections in the pool.
     pub fn pool_size(mut self, size: u32) -> Self {
         self.pool_size = size.max(1);
+        self
+    }
+
+    /// Keep an idle connection ready in the pool (the default), opened in the background when
+    /// one is taken. A short-lived program turns it off: a connection still being opened when
+    /// the process exits can crash it (libpq's TLS is torn down under it).
+    pub fn keep_idle(mut self, keep: bool) -> Self {
+        self.keep_idle = keep;
         self
     }
 
@@ -156,7 +165,7 @@ impl DatabaseBuilder {
         drop(first);
         let pool = Pool::builder()
             .max_size(self.pool_size)
-            .min_idle(Some(1))
+            .min_idle(Some(u32::from(self.keep_idle)))
             .connection_timeout(Duration::from_secs(30))
             .error_handler(Box::new(r2d2::LoggingErrorHandler))
             .build(manager)
@@ -229,6 +238,7 @@ impl Database {
             worker: env_flag("QUEUE_WORKER"),
             no_delay: env_flag("QUEUE_NO_DELAY"),
             pool_size: DEFAULT_POOL_SIZE,
+            keep_idle: true,
             migrate: true,
             batch_size: DEFAULT_BATCH_SIZE,
             max_args_bytes: DEFAULT_MAX_ARGS_BYTES,

@@ -72,7 +72,7 @@ fn demo(url: &str) -> Result<(), queue_diesel::Error> {
 
     // 1. No worker configured: queued calls run right after the commit, in this process.
     println!("== 1. no worker configured: jobs run right after commit ==");
-    let db = Database::builder(&url).worker(false).no_delay(false).open()?;
+    let db = Database::builder(&url).worker(false).no_delay(false).keep_idle(false).open()?;
     partners::create_tables(&db)?;
     let import = db.transaction(Context::user(7).with("lang", "fr"), |_env| {
         let job = Partner::queue().import_csv(NoRecords, CSV.to_owned(), 2)?;
@@ -109,7 +109,7 @@ fn demo(url: &str) -> Result<(), queue_diesel::Error> {
 
     // 3. Worker configured: rows wait for a worker; a rolled-back transaction leaves no job.
     println!("== 3. worker configured: jobs wait for the worker ==");
-    let db = Database::builder(&url).worker(true).no_delay(false).open()?;
+    let db = Database::builder(&url).worker(true).no_delay(false).keep_idle(false).open()?;
     let rolled_back = db.transaction(Context::user(7), |env| {
         let all = table::table.select(Partner::as_select()).load(&mut *env.conn())?;
         Partner::queue().export(&all, "never".into())?;
@@ -185,7 +185,7 @@ fn print_jobs(db: &Database, when: &str) -> Result<(), queue_diesel::Error> {
 /// database with a `partners` table the demo did not create.
 fn reset(url: &str) -> Result<(), queue_diesel::Error> {
     let _ = std::fs::remove_dir_all(export_dir());
-    let db = Database::builder(url).worker(true).migrate(false).pool_size(1).open()?;
+    let db = Database::builder(url).worker(true).migrate(false).pool_size(1).keep_idle(false).open()?;
     let mut conn = db.conn()?;
     let has = |conn: &mut queue_diesel::AnyConnection, table: &str| {
         conn.batch(&format!("SELECT 1 FROM {table} WHERE 1 = 0")).is_ok()

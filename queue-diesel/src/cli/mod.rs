@@ -293,7 +293,7 @@ pub fn open_existing(url: &str) -> Result<Database> {
             )));
         }
     }
-    let db = Database::builder(url).migrate(false).pool_size(2).open()?;
+    let db = Database::builder(url).migrate(false).pool_size(2).keep_idle(false).open()?;
     let pending = db.schema_pending()?;
     if !pending.is_empty() {
         let all = pending.len() == crate::store::schema::steps(backend).len();
@@ -319,7 +319,12 @@ pub fn run(cli: Cli) -> Result<()> {
             // Room for a replacement executor per overrunning job still holding its connection.
             let pool = u32::try_from(2 * channels.total_capacity() + 2).unwrap_or(u32::MAX);
             check_url(&cli.database_url)?;
-            let db = Database::builder(&cli.database_url).worker(true).pool_size(pool.max(4)).open()?;
+            // No idle connection kept: one still being opened at exit could crash the process.
+            let db = Database::builder(&cli.database_url)
+                .worker(true)
+                .pool_size(pool.max(4))
+                .keep_idle(false)
+                .open()?;
             if let Some(address) = &args.metrics {
                 crate::metrics::serve(address, db.clone(), channels.clone())?;
             }
@@ -366,7 +371,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Migrate(_) => {
             check_url(&cli.database_url)?;
-            let db = Database::builder(&cli.database_url).migrate(false).open()?;
+            let db = Database::builder(&cli.database_url).migrate(false).keep_idle(false).open()?;
             let mut bar: Option<output::Progress> = None;
             db.migrate_telling(|_, done, total| {
                 bar.get_or_insert_with(|| output::Progress::new("migrating", Some(total))).set(done)
