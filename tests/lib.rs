@@ -216,6 +216,18 @@ pub fn finish_as(
     conn.job_settle(&params).expect("finish")
 }
 
+/// Give job `uuid` a function no binary has (`gone.model.method`), as if the code that queued
+/// it had been removed since.
+pub fn orphan(db: &Database, uuid: &queue_diesel::JobId) {
+    let renamed =
+        diesel::sql_query(format!("UPDATE queue_job SET func = 'gone.model.method' WHERE uuid = '{uuid}'"));
+    match &mut *db.conn().expect("conn") {
+        queue_diesel::AnyConnection::Sqlite(c) => renamed.execute(c),
+        queue_diesel::AnyConnection::Postgres(c) => renamed.execute(c),
+    }
+    .expect("renamed");
+}
+
 /// Wait until `done` holds, up to `limit`; false if it never did.
 pub fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let start = Instant::now();

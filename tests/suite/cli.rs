@@ -6,7 +6,6 @@
 
 use std::process::Command;
 
-use diesel::prelude::*;
 use queue_diesel::prelude::*;
 use queue_diesel::{Backend, JobState, Worker, WorkerConfig};
 use queue_tests::{Partner, TestDb, backend_tests};
@@ -53,13 +52,7 @@ fn the_log_shows_each_job_in_its_span(t: TestDb) {
         })
         .expect("queued");
     // A job of a function no binary has any more.
-    let renamed =
-        diesel::sql_query(format!("UPDATE queue_job SET func = 'gone.model.method' WHERE uuid = '{lost}'"));
-    match &mut *t.db.conn().expect("conn") {
-        queue_diesel::AnyConnection::Sqlite(c) => renamed.execute(c),
-        queue_diesel::AnyConnection::Postgres(c) => renamed.execute(c),
-    }
-    .expect("renamed");
+    queue_tests::orphan(&t.db, &lost);
     let (ok, _, log) = cli(
         &t.url,
         &[("QUEUE_LOG", "info"), ("QUEUE_LOG_FORMAT", "json")],

@@ -6,7 +6,6 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use diesel::prelude::*;
 use queue_diesel::dashboard::{DashboardConfig, serve};
 use queue_diesel::prelude::*;
 use queue_diesel::{JobState, Worker, WorkerConfig};
@@ -170,13 +169,7 @@ fn the_dashboard_shows_and_steers_jobs(t: TestDb) {
 
     // Channels and functions, with the functions of pending jobs nobody here runs.
     let lost = t.db.transaction(Context::new(), |_| Partner::queue().give_up(&list)).expect("queued").uuid();
-    let renamed =
-        diesel::sql_query(format!("UPDATE queue_job SET func = 'gone.model.method' WHERE uuid = '{lost}'"));
-    match &mut *t.db.conn().expect("conn") {
-        queue_diesel::AnyConnection::Sqlite(c) => renamed.execute(c),
-        queue_diesel::AnyConnection::Postgres(c) => renamed.execute(c),
-    }
-    .expect("renamed");
+    queue_tests::orphan(&t.db, &lost);
     let channels = get(&address, "/channels", None);
     assert!(
         channels.body.contains("root.export") && channels.body.contains("<td>1</td>"),
