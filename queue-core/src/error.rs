@@ -35,6 +35,14 @@ pub enum Error {
     /// Two job functions were registered under the same name.
     #[error("job function {0:?} is registered twice; function names must be unique")]
     DuplicateFunction(String),
+    /// A schedule's cron pattern, time zone or option is unusable.
+    #[error("schedule {name:?}: {reason}")]
+    Schedule {
+        /// The schedule's name.
+        name: String,
+        /// What is wrong, naming the value.
+        reason: String,
+    },
     /// A job option has a value the queue cannot store.
     #[error("invalid job option: {0}")]
     Option(String),

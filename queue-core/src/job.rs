@@ -69,6 +69,9 @@ pub struct NewJob {
     pub parents: Vec<JobId>,
     /// When the call was made.
     pub created_at: DateTime<Utc>,
+    /// What queued it when it was not a call of the application's code: `schedule:<name>` for
+    /// the jobs of a periodic schedule.
+    pub origin: Option<String>,
 }
 
 /// A stored job, as read back from the database.
@@ -132,6 +135,9 @@ pub struct Job {
     pub isolation: crate::ending::Isolation,
     /// Runs stopped by something that was not the job's fault (a deadlock, a lost session).
     pub interruptions: i32,
+    /// What queued it when it was not a call of the application's code: `schedule:<name>` for
+    /// the jobs of a periodic schedule.
+    pub origin: Option<String>,
 }
 
 impl Job {

@@ -4,7 +4,7 @@
 //! transaction. This crate holds the parts that need no database: the persisted shape of a job
 //! ([`job`]), its states ([`state`]), the options a caller may set ([`options`]), the captured user
 //! and context ([`context`]), channel capacities ([`channel`]), the registry of job functions
-//! ([`registry`]), retry patterns ([`retry`]), the clock ([`clock`]), what a run's ending does to its job ([`ending`]) and the two error types ([`error`]): [`Error`] for library
+//! ([`registry`]), retry patterns ([`retry`]), cron schedules ([`schedule`]), the clock ([`clock`]), what a run's ending does to its job ([`ending`]) and the two error types ([`error`]): [`Error`] for library
 //! failures and [`JobError`] for a job's own verdict.
 //!
 //! Applications use it through `queue-diesel`, which re-exports everything here.
@@ -32,6 +32,7 @@ pub mod job;
 pub mod options;
 pub mod registry;
 pub mod retry;
+pub mod schedule;
 pub mod state;
 
 pub use channel::ChannelConfig;

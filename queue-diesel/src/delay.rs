@@ -90,6 +90,7 @@ pub fn enqueue(
                 options: resolved.clone(),
                 parents: options.depends_on.clone(),
                 created_at: now,
+                origin: ORIGIN.with(|origin| origin.borrow().clone()),
             })
             .collect();
         // A test's trap (`testing::JobsTrap`) catches the jobs before anything else sees them.
@@ -150,6 +151,22 @@ pub fn enqueue(
 thread_local! {
     /// Jobs queued inside [`bulk`], inserted together when it returns.
     static BULK: std::cell::RefCell<Option<Vec<NewJob>>> = const { std::cell::RefCell::new(None) };
+    /// The origin stored on the jobs queued inside [`with_origin`].
+    static ORIGIN: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Run `f` with `origin` stored on every job it queues (a schedule's jobs carry
+/// `schedule:<name>`); the previous origin is restored afterwards, also on a panic.
+pub(crate) fn with_origin<T>(origin: String, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<String>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            ORIGIN.with(|origin| *origin.borrow_mut() = previous);
+        }
+    }
+    let _restore = Restore(ORIGIN.with(|o| o.borrow_mut().replace(origin)));
+    f()
 }
 
 /// Queue many jobs at once: calls made inside `f` are kept in memory and inserted with

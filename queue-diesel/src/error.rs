@@ -122,6 +122,16 @@ pub enum Error {
     /// The job was taken over by another worker: its result was not committed.
     #[error("job {0} was taken over by another worker; its result was not committed")]
     LeaseLost(String),
+    /// A schedule's code failed to queue the jobs of a tick; the tick was rolled back and is
+    /// tried again.
+    #[error("schedule {name} failed to queue its jobs")]
+    Schedule {
+        /// The schedule's name.
+        name: String,
+        /// What its code returned.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Operating-system failure (signals, threads).
     #[error("{what}")]
     Io {

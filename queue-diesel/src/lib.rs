@@ -123,6 +123,7 @@ mod function;
 mod model;
 mod notify;
 mod run;
+pub mod schedule;
 pub mod testing;
 mod transaction;
 internal!(database, liveness, maintenance, schema, store, worker);
@@ -139,6 +140,7 @@ pub use delay::{JobHandle, bulk};
 pub use error::{Error, Result};
 pub use function::{JobFunction, registry};
 pub use maintenance::Retention;
+pub use maintenance::schedules::{ScheduleOutcome, Scheduler};
 pub use model::{LoadRecords, Model, NoRecords, Records};
 pub use queue_core::{
     self as core, ChannelConfig, Clock, Context, Eta, Job, JobError, JobId, JobOptions, JobResult, JobState,
@@ -162,7 +164,8 @@ pub mod __private {
     pub use crate::function::{
         Invocation, JobFunction, JobReturn, Registration, arg, encode_arg, load_records, typed_env,
     };
-    pub use crate::model::{LoadRecords, Model, Records};
+    pub use crate::model::{LoadRecords, Model, NoRecords, Records};
+    pub use crate::schedule::{CatchUp, Schedule, ScheduleResult, Tick};
     pub use crate::{AnyConnection, Env, Error, JobConnection, JobHandle};
     pub use diesel;
     pub use inventory;

@@ -64,6 +64,8 @@ diesel::table! {
         isolation -> Integer,
         /// Runs stopped by something that was not the job's fault.
         interruptions -> Integer,
+        /// What queued it, when not the application's code (`schedule:<name>`).
+        origin -> Nullable<Text>,
     }
 }
 
@@ -110,6 +112,18 @@ diesel::table! {
         channel -> Text,
         /// When a worker took the right to start one of its jobs.
         started_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    /// Periodic schedules: the last tick each one dealt with, shared by every worker.
+    queue_schedule (name) {
+        /// The schedule's name.
+        name -> Text,
+        /// Every tick up to this one is queued or dropped.
+        last_tick -> Timestamp,
+        /// When a worker last wrote the row.
+        updated_at -> Timestamp,
     }
 }
 

@@ -33,6 +33,7 @@ fn new_job(channel: &str, priority: i32, eta_secs: Option<i64>) -> NewJob {
         options: options.resolve(&FunctionDefaults::default(), "res.partner.export", now).expect("valid"),
         parents: vec![],
         created_at: now,
+        origin: None,
     }
 }
 

@@ -156,6 +156,9 @@ macro_rules! filter_jobs {
         if let Some(model) = &p.model {
             $query = $query.filter(jobs::model.eq(model.clone()));
         }
+        if let Some(origin) = &p.origin {
+            $query = $query.filter(jobs::origin.eq(origin.clone()));
+        }
         if let Some(pattern) = p.error_pattern() {
             $query = $query.filter(
                 jobs::exc_name

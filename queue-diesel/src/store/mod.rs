@@ -19,6 +19,7 @@ mod progress;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod rows;
+mod schedules;
 pub mod schema;
 mod sql;
 #[cfg(feature = "sqlite")]
@@ -93,6 +94,15 @@ pub trait Store {
     fn channel_resume(&mut self, channel: &str) -> Result<bool>;
     /// The channels paused, and since when.
     fn channels_paused(&mut self) -> Result<Vec<(String, DateTime<Utc>)>>;
+    /// Inside a transaction: hold the schedule `name` until the transaction ends (another
+    /// worker's pass on it waits) and read the last tick recorded for it.
+    fn schedule_hold(&mut self, name: &str) -> Result<Option<DateTime<Utc>>>;
+    /// Record `tick` as the last tick of the schedule `name` that is queued or dropped.
+    fn schedule_record(&mut self, name: &str, tick: DateTime<Utc>, now: DateTime<Utc>) -> Result<()>;
+    /// The schedules recorded, by name, with their last tick.
+    fn schedules_recorded(&mut self) -> Result<Vec<(String, DateTime<Utc>)>>;
+    /// True when a job of `origin` is not finished yet (waiting, pending or started).
+    fn job_unfinished_of(&mut self, origin: &str) -> Result<bool>;
     /// Store the progress jobs reported (by row id), outside their transactions.
     fn job_progress_save(&mut self, reports: &[(i64, crate::progress::Progress)]) -> Result<()>;
     /// The progress job `id` last reported.
@@ -197,6 +207,8 @@ enum TxLock<'a> {
     IdentityKey(&'a str),
     /// The workers taking starts of this channel.
     ChannelStarts(&'a str),
+    /// The workers queueing the ticks of this schedule.
+    Schedule(&'a str),
 }
 
 impl AnyConnection {
@@ -266,6 +278,22 @@ impl Store for AnyConnection {
 
     fn channel_starts_release(&mut self, ids: &[i64]) -> Result<()> {
         limits::release(self, ids)
+    }
+
+    fn schedule_hold(&mut self, name: &str) -> Result<Option<DateTime<Utc>>> {
+        schedules::hold(self, name)
+    }
+
+    fn schedule_record(&mut self, name: &str, tick: DateTime<Utc>, now: DateTime<Utc>) -> Result<()> {
+        schedules::record(self, name, tick, now)
+    }
+
+    fn schedules_recorded(&mut self) -> Result<Vec<(String, DateTime<Utc>)>> {
+        schedules::recorded(self)
+    }
+
+    fn job_unfinished_of(&mut self, origin: &str) -> Result<bool> {
+        schedules::unfinished(self, origin)
     }
 
     fn channel_pause(&mut self, channel: &str, now: DateTime<Utc>) -> Result<bool> {

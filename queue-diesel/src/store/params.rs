@@ -130,6 +130,8 @@ pub struct ListParams {
     pub created_from: Option<DateTime<Utc>>,
     /// Only jobs queued before this time.
     pub created_until: Option<DateTime<Utc>>,
+    /// Only jobs of this origin (`schedule:<name>`).
+    pub origin: Option<String>,
     /// At most this many, newest first.
     pub limit: i64,
     /// Skip this many first (paging).
@@ -177,6 +179,13 @@ impl ListParams {
     pub fn created_between(mut self, from: Option<DateTime<Utc>>, until: Option<DateTime<Utc>>) -> Self {
         self.created_from = from;
         self.created_until = until;
+        self
+    }
+
+    /// Only jobs of the origin `origin`: `schedule:<name>` for a schedule's jobs.
+    #[must_use]
+    pub fn origin(mut self, origin: impl Into<String>) -> Self {
+        self.origin = Some(origin.into());
         self
     }
 

@@ -33,10 +33,10 @@ pub(super) fn job_insert_rows(
     }
     diesel::sql_query(
         "INSERT INTO queue_job (uuid, state, func, model, record_ids, args, context, user_id, priority, \
-         eta, expected_at, channel, identity_key, attempts, max_retries, description, date_created) \
+         eta, expected_at, channel, identity_key, attempts, max_retries, description, date_created, origin) \
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
          $7::text[], $8::bigint[], $9::int[], $10::timestamp[], $11::timestamp[], $12::text[], $13::text[], \
-         $14::int[], $15::int[], $16::text[], $17::timestamp[])",
+         $14::int[], $15::int[], $16::text[], $17::timestamp[], $18::text[])",
     )
     .bind::<Array<Text>, _>(column(rows, |r| r.uuid.as_str()))
     .bind::<Array<Text>, _>(column(rows, |r| r.state))
@@ -55,6 +55,7 @@ pub(super) fn job_insert_rows(
     .bind::<Array<Integer>, _>(column(rows, |r| r.max_retries))
     .bind::<Array<Text>, _>(column(rows, |r| r.description))
     .bind::<Array<Timestamp>, _>(column(rows, |r| r.date_created))
+    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.origin))
     .execute(c)
 }
 
@@ -87,20 +88,13 @@ pub(super) fn schema_migrate(c: &mut PgConnection, on_step: super::schema::OnSte
 /// Namespaces of the transaction locks (`pg_advisory_xact_lock(namespace, key)`).
 const IDENTITY_LOCK: i32 = 0x7175_6e69; // "quni"
 const START_LOCK: i32 = 0x7174_6872; // "qthr"
+const SCHEDULE_LOCK: i32 = 0x7173_6368; // "qsch"
 
 pub(super) fn transaction_lock(c: &mut PgConnection, lock: super::TxLock<'_>) -> Result<()> {
     let (namespace, key, what) = match lock {
-        super::TxLock::IdentityKey(key) => {
-            // FNV-1a of the key: the same key always takes the same lock (different keys rarely
-            // share one, which only serializes them).
-            let mut hash: u32 = 0x811c_9dc5;
-            for byte in key.bytes() {
-                hash ^= u32::from(byte);
-                hash = hash.wrapping_mul(0x0100_0193);
-            }
-            (IDENTITY_LOCK, hash as i32, "lock an identity key")
-        }
+        super::TxLock::IdentityKey(key) => (IDENTITY_LOCK, text_key(key), "lock an identity key"),
         super::TxLock::ChannelStarts(channel) => (START_LOCK, super::channel_key(channel), "lock a channel's starts"),
+        super::TxLock::Schedule(name) => (SCHEDULE_LOCK, text_key(name), "lock a schedule"),
     };
     diesel::sql_query("SELECT pg_advisory_xact_lock($1, $2)")
         .bind::<diesel::sql_types::Integer, _>(namespace)
@@ -108,6 +102,17 @@ pub(super) fn transaction_lock(c: &mut PgConnection, lock: super::TxLock<'_>) ->
         .execute(c)
         .map(|_| ())
         .map_err(Error::query(what))
+}
+
+/// FNV-1a of `text`: the same text always takes the same lock (different texts rarely share one,
+/// which only serializes them).
+fn text_key(text: &str) -> i32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in text.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash as i32
 }
 
 /// A slot number as the advisory lock's second key.

@@ -43,6 +43,7 @@ pub struct JobRow {
     pub has_dependents: bool,
     pub isolation: i32,
     pub interruptions: i32,
+    pub origin: Option<String>,
 }
 
 #[derive(Insertable)]
@@ -65,6 +66,7 @@ pub(super) struct NewJobRow<'a> {
     pub(super) max_retries: i32,
     pub(super) description: &'a str,
     pub(super) date_created: NaiveDateTime,
+    pub(super) origin: Option<&'a str>,
 }
 
 impl<'a> NewJobRow<'a> {
@@ -91,6 +93,7 @@ impl<'a> NewJobRow<'a> {
             max_retries: job.options.max_retries,
             description: &job.options.description,
             date_created: job.created_at.naive_utc(),
+            origin: job.origin.as_deref(),
         })
     }
 }
@@ -138,6 +141,7 @@ impl JobRow {
             lease_token: self.lease_token.clone(),
             isolation: queue_core::Isolation::from_level(self.isolation),
             interruptions: self.interruptions,
+            origin: self.origin.clone(),
         })
     }
 }

@@ -48,6 +48,7 @@ const SQLITE: &[Step] = steps!("sqlite":
     "2026-12-02-000006_progress",
     "2026-12-02-000007_channel_pause",
     "2026-12-02-000008_channel_start",
+    "2026-12-03-000009_schedules",
 );
 
 const POSTGRES: &[Step] = steps!("postgres":
@@ -59,6 +60,7 @@ const POSTGRES: &[Step] = steps!("postgres":
     "2026-12-02-000006_progress",
     "2026-12-02-000007_channel_pause",
     "2026-12-02-000008_channel_start",
+    "2026-12-03-000009_schedules",
 );
 
 /// The steps of `backend`'s schema, in order.

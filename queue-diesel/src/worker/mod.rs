@@ -14,6 +14,7 @@ mod batches;
 mod dispatch;
 mod executors;
 mod pauses;
+mod schedules;
 mod slots;
 mod watch;
 
@@ -91,6 +92,9 @@ pub struct WorkerConfig {
     /// (`QUEUE_STATE_DIR`); `None`: beside a SQLite database, or a folder of the temporary
     /// directory for PostgreSQL.
     pub state_dir: Option<PathBuf>,
+    /// Queue the jobs of the binary's periodic schedules as their ticks come (`QUEUE_SCHEDULES`,
+    /// default on). Any number of workers may do it: each tick is queued once.
+    pub schedules: bool,
 }
 
 /// One chainable setter per field: `WorkerConfig::default().grace_period(d)`.
@@ -120,6 +124,7 @@ setters!(
     retention: Retention,
     prune_interval: Duration,
     hang_limit: Duration,
+    schedules: bool,
 );
 
 impl WorkerConfig {
@@ -153,6 +158,7 @@ impl Default for WorkerConfig {
             prune_interval: DEFAULT_PRUNE_INTERVAL,
             hang_limit: DEFAULT_HANG_LIMIT,
             state_dir: None,
+            schedules: true,
         }
     }
 }
@@ -160,7 +166,7 @@ impl Default for WorkerConfig {
 impl WorkerConfig {
     /// Read `QUEUE_CHANNELS`, `QUEUE_POLL_INTERVAL_MS`, `QUEUE_GRACE_PERIOD_SECS`,
     /// `QUEUE_BATCH_JOBS`, `QUEUE_BATCH_MS`, `QUEUE_KEEP_DONE`, `QUEUE_KEEP_FAILED`,
-    /// `QUEUE_HANG_LIMIT` and `QUEUE_STATE_DIR`.
+    /// `QUEUE_HANG_LIMIT`, `QUEUE_STATE_DIR` and `QUEUE_SCHEDULES`.
     pub fn from_env() -> Result<Self> {
         let mut config = WorkerConfig::default();
         if let Ok(text) = std::env::var("QUEUE_CHANNELS") {
@@ -194,6 +200,13 @@ impl WorkerConfig {
             && !text.trim().is_empty()
         {
             config.state_dir = Some(PathBuf::from(text.trim()));
+        }
+        if let Ok(text) = std::env::var("QUEUE_SCHEDULES") {
+            config.schedules = match text.trim() {
+                "1" | "true" | "on" | "yes" => true,
+                "0" | "false" | "off" | "no" => false,
+                _ => return Err(Error::Config(format!("expected on or off in QUEUE_SCHEDULES, got {text:?}"))),
+            };
         }
         Ok(config)
     }
@@ -329,6 +342,8 @@ impl Worker {
             )));
         }
         let registry = registry()?;
+        // An unusable schedule stops the worker here, with the schedule's name.
+        crate::schedule::schedules()?;
         let alone = functions
             .iter()
             .copied()
@@ -425,9 +440,16 @@ impl Worker {
                 tracing::warn!("{warning}");
             }
         }
+        let ticking = match mode {
+            Mode::Serve if self.config.schedules => schedules::Ticking::start(&self.db)?,
+            _ => None,
+        };
         let mut state = Dispatch::new(self, executors, mode);
         let fatal = self.dispatch(shutdown, &events_rx, &jobs_tx, &mut state, mode).err();
         stop_listener.store(true, Ordering::Relaxed);
+        if let Some(ticking) = ticking {
+            ticking.stop();
+        }
         if let Some(waker) = waker {
             self.db.remove_waker(waker);
         }
