@@ -208,6 +208,32 @@ pub fn queueable(q: &Queueable) -> TokenStream {
         let doc = format!(
             "Queue a call of [`{self_ty}::{method_name}`] on `records`: stored as a job in the current transaction, run later by a worker."
         );
+        if let Some(cron) = &method.job.cron {
+            let tick = format_ident!("__queue_tick_{}", name);
+            let time_zone = match &method.job.time_zone {
+                Some(lit) => quote!(#lit),
+                None => quote!("UTC"),
+            };
+            let catch_up = match &method.job.catch_up {
+                Some(variant) => quote!(__q::CatchUp::#variant),
+                None => quote!(__q::CatchUp::Last),
+            };
+            let skip = method.job.skip_if_unfinished.then(|| quote!(.skip_if_unfinished()));
+            items.push(quote! {
+                #[allow(non_snake_case)]
+                fn #tick(_env: &__q::Env, _tick: &__q::Tick) -> __q::ScheduleResult {
+                    #self_ty::queue().#name(__q::NoRecords)?;
+                    ::core::result::Result::Ok(())
+                }
+
+                __q::inventory::submit! {
+                    __q::Schedule::of_function(&#entry, #cron, #tick)
+                        .time_zone(#time_zone)
+                        .catch_up(#catch_up)
+                        #skip
+                }
+            });
+        }
         items.push(quote! {
             #[allow(non_upper_case_globals)]
             static #entry: __q::JobFunction = __q::JobFunction::new(

@@ -157,6 +157,11 @@ pub struct JobAttr {
     pub retry_pattern: Option<LitStr>,
     pub timeout: Option<LitStr>,
     pub isolated: bool,
+    /// A periodic schedule: the cron pattern, its time zone, catch-up rule and overlap rule.
+    pub cron: Option<LitStr>,
+    pub time_zone: Option<LitStr>,
+    pub catch_up: Option<Ident>,
+    pub skip_if_unfinished: bool,
 }
 
 /// One parameter of a job method after the records.
@@ -185,7 +190,15 @@ pub struct Queueable {
     pub krate: Path,
 }
 
-const JOB_KEYS: &str = "channel, priority, max_retries, description, retry_pattern, timeout, isolated";
+const JOB_KEYS: &str = "channel, priority, max_retries, description, retry_pattern, timeout, isolated, cron, time_zone, catch_up, skip_if_unfinished";
+
+/// Check a cron literal's shape: five fields, six with seconds first (seven with a year), or an
+/// `@name`. The values are checked when the binary's schedules are built.
+fn valid_cron(text: &str) -> bool {
+    let text = text.trim();
+    text.starts_with('@') && !text.contains(char::is_whitespace)
+        || (5..=7).contains(&text.split_whitespace().count())
+}
 
 /// Check a duration literal (`"30s"`, `"5m"`, `"1h30m"`) the way `queue_core` parses it.
 fn valid_duration(text: &str) -> bool {
@@ -235,12 +248,17 @@ fn parse_job_attr(attr: &Attribute, errors: &mut Errors) -> JobAttr {
     let parsed = attr.parse_nested_meta(|meta| {
         let key = meta.path.to_token_stream().to_string();
         // A flag: `isolated` alone, or `isolated = true|false`.
-        if key == "isolated" {
-            if meta.input.peek(syn::Token![=]) {
+        if key == "isolated" || key == "skip_if_unfinished" {
+            let value = if meta.input.peek(syn::Token![=]) {
                 let lit: syn::LitBool = meta.value()?.parse()?;
-                job.isolated = lit.value;
+                lit.value
             } else {
-                job.isolated = true;
+                true
+            };
+            if key == "isolated" {
+                job.isolated = value;
+            } else {
+                job.skip_if_unfinished = value;
             }
             return Ok(());
         }
@@ -275,6 +293,43 @@ fn parse_job_attr(attr: &Attribute, errors: &mut Errors) -> JobAttr {
                 .map(|lit| job.max_retries = Some(lit))
                 .map_err(|e| syn::Error::new(e.span(), "expected max_retries >= 0 (0 retries forever)")),
             "description" => string().map(|lit| job.description = Some(lit)),
+            "cron" => string().and_then(|lit| {
+                if valid_cron(&lit.value()) {
+                    job.cron = Some(lit);
+                    Ok(())
+                } else {
+                    Err(syn::Error::new(
+                        lit.span(),
+                        format!(
+                            "invalid cron pattern {:?}: expected five fields, \"minute hour day month weekday\" (like \"0 3 * * *\"), or six with seconds first",
+                            lit.value()
+                        ),
+                    ))
+                }
+            }),
+            "time_zone" => string().and_then(|lit| {
+                if lit.value().trim().is_empty() || lit.value().contains(char::is_whitespace) {
+                    Err(syn::Error::new(lit.span(), "expected a time zone name like \"Europe/Paris\" or \"UTC\""))
+                } else {
+                    job.time_zone = Some(lit);
+                    Ok(())
+                }
+            }),
+            "catch_up" => string().and_then(|lit| {
+                let variant = match lit.value().as_str() {
+                    "none" => "None",
+                    "last" => "Last",
+                    "all" => "All",
+                    other => {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            format!("invalid catch_up {other:?}: expected \"none\", \"last\" or \"all\""),
+                        ));
+                    }
+                };
+                job.catch_up = Some(Ident::new(variant, lit.span()));
+                Ok(())
+            }),
             "timeout" => string().and_then(|lit| {
                 if valid_duration(&lit.value()) {
                     job.timeout = Some(lit);
@@ -315,6 +370,18 @@ fn parse_job_attr(attr: &Attribute, errors: &mut Errors) -> JobAttr {
     });
     if let Err(e) = parsed {
         errors.add(e);
+    }
+    if job.cron.is_none() {
+        let needs_cron = "needs `cron = \"…\"`: it is a setting of the method's periodic schedule";
+        if let Some(lit) = &job.time_zone {
+            errors.push(lit.span(), format!("`time_zone` {needs_cron}"));
+        }
+        if let Some(ident) = &job.catch_up {
+            errors.push(ident.span(), format!("`catch_up` {needs_cron}"));
+        }
+        if job.skip_if_unfinished {
+            errors.push(attr.span(), format!("`skip_if_unfinished` {needs_cron}"));
+        }
     }
     job
 }
@@ -480,6 +547,12 @@ pub fn queueable(args: TokenStream, mut item: ItemImpl) -> (ItemImpl, syn::Resul
                     "job arguments are stored as JSON and must be owned values: use String for &str, Vec<T> for &[T]",
                 );
                 continue;
+            }
+            if job.cron.is_some() {
+                errors.push(
+                    typed.span(),
+                    "a method with `cron` is called by its schedule with no records and no arguments; queue calls that take arguments from a schedule in code (queue_diesel::schedule!)",
+                );
             }
             params.push(Param::Arg { ident: pat.ident.clone(), ty: typed.ty.clone() });
         }

@@ -1,6 +1,7 @@
 //! What `Model::queue().method(records, args…)` does: capture the call and store it as a job in
 //! the ambient transaction, or run it at once in no-delay mode.
 
+use chrono::{DateTime, Utc};
 use queue_core::options::JobOptions;
 use queue_core::{JobError, JobId, NewJob};
 use serde_json::Value;
@@ -67,7 +68,12 @@ pub fn enqueue(
             });
         }
         let (options, batch) = options.with_context(env.context(), db.batch_size())?;
-        let resolved = options.resolve(&function.defaults, function.name(), now)?;
+        let mut resolved = options.resolve(&function.defaults, function.name(), now)?;
+        let origin = ORIGIN.with(|origin| origin.borrow().clone());
+        if let Some((_, tick)) = &origin {
+            // A schedule's job is due at its tick, unless its code says otherwise.
+            resolved.eta = resolved.eta.or(Some(*tick));
+        }
         let chunks: Vec<Vec<i64>> = match batch {
             Some(size) if record_ids.len() > size => record_ids.chunks(size).map(<[i64]>::to_vec).collect(),
             _ => vec![record_ids],
@@ -90,7 +96,7 @@ pub fn enqueue(
                 options: resolved.clone(),
                 parents: options.depends_on.clone(),
                 created_at: now,
-                origin: ORIGIN.with(|origin| origin.borrow().clone()),
+                origin: origin.as_ref().map(|(origin, _)| origin.clone()),
             })
             .collect();
         // A test's trap (`testing::JobsTrap`) catches the jobs before anything else sees them.
@@ -151,21 +157,22 @@ pub fn enqueue(
 thread_local! {
     /// Jobs queued inside [`bulk`], inserted together when it returns.
     static BULK: std::cell::RefCell<Option<Vec<NewJob>>> = const { std::cell::RefCell::new(None) };
-    /// The origin stored on the jobs queued inside [`with_origin`].
-    static ORIGIN: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    /// The origin and tick stored on the jobs queued inside [`with_origin`].
+    static ORIGIN: std::cell::RefCell<Option<(String, DateTime<Utc>)>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Run `f` with `origin` stored on every job it queues (a schedule's jobs carry
-/// `schedule:<name>`); the previous origin is restored afterwards, also on a panic.
-pub(crate) fn with_origin<T>(origin: String, f: impl FnOnce() -> T) -> T {
-    struct Restore(Option<String>);
+/// `schedule:<name>`) and `tick` as their eta when they set none; the previous origin is
+/// restored afterwards, also on a panic.
+pub(crate) fn with_origin<T>(origin: String, tick: DateTime<Utc>, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<(String, DateTime<Utc>)>);
     impl Drop for Restore {
         fn drop(&mut self) {
             let previous = self.0.take();
             ORIGIN.with(|origin| *origin.borrow_mut() = previous);
         }
     }
-    let _restore = Restore(ORIGIN.with(|o| o.borrow_mut().replace(origin)));
+    let _restore = Restore(ORIGIN.with(|o| o.borrow_mut().replace((origin, tick))));
     f()
 }
 

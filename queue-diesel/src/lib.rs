@@ -140,7 +140,7 @@ pub use delay::{JobHandle, bulk};
 pub use error::{Error, Result};
 pub use function::{JobFunction, registry};
 pub use maintenance::Retention;
-pub use maintenance::schedules::{ScheduleOutcome, Scheduler};
+pub use maintenance::schedules::{ScheduleOutcome, ScheduleView, Scheduler};
 pub use model::{LoadRecords, Model, NoRecords, Records};
 pub use queue_core::{
     self as core, ChannelConfig, Clock, Context, Eta, Job, JobError, JobId, JobOptions, JobResult, JobState,

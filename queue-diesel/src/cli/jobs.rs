@@ -73,6 +73,9 @@ pub struct Filter {
     /// Only jobs of this channel (not its sub-channels).
     #[arg(long)]
     pub channel: Option<String>,
+    /// Only jobs of this origin: `schedule:<name>` for the jobs a schedule queued.
+    #[arg(long)]
+    pub origin: Option<String>,
 }
 
 impl Filter {
@@ -87,11 +90,14 @@ impl Filter {
         if let Some(channel) = &self.channel {
             params = params.channel(channel.clone());
         }
+        if let Some(origin) = &self.origin {
+            params = params.origin(origin.clone());
+        }
         Ok(params)
     }
 
     fn is_empty(&self) -> bool {
-        self.state.is_none() && self.func.is_none() && self.channel.is_none()
+        self.state.is_none() && self.func.is_none() && self.channel.is_none() && self.origin.is_none()
     }
 }
 
@@ -118,13 +124,13 @@ pub(super) fn run(db: &Database, command: JobsCommand) -> Result<()> {
                 return print_json(&Value::Array(jobs.iter().map(|j| job_json(j, None)).collect()));
             }
             println!(
-                "{:<36}  {:<17}  {:>4}  {:<16}  {:>3}  {:<20}  {:<32}  {:<32}  ERROR",
-                "UUID", "STATE", "PRIO", "CHANNEL", "TRY", "ETA", "FUNCTION", "DESCRIPTION"
+                "{:<36}  {:<17}  {:>4}  {:<16}  {:>3}  {:<20}  {:<32}  {:<32}  {:<24}  ERROR",
+                "UUID", "STATE", "PRIO", "CHANNEL", "TRY", "ETA", "FUNCTION", "DESCRIPTION", "ORIGIN"
             );
             for job in jobs {
                 let eta = job.eta.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
                 println!(
-                    "{:<36}  {:<17}  {:>4}  {:<16}  {:>3}  {:<20}  {:<32}  {:<32}  {}",
+                    "{:<36}  {:<17}  {:>4}  {:<16}  {:>3}  {:<20}  {:<32}  {:<32}  {:<24}  {}",
                     job.uuid,
                     job.state,
                     job.priority,
@@ -133,6 +139,7 @@ pub(super) fn run(db: &Database, command: JobsCommand) -> Result<()> {
                     eta,
                     clip(&job.func, 32),
                     clip(&job.description, 32),
+                    clip(job.origin.as_deref().unwrap_or_default(), 24),
                     clip(&job.error_line(), 80),
                 );
             }

@@ -101,6 +101,12 @@ pub enum Command {
         /// The channel, e.g. root.export.
         channel: String,
     },
+    /// The periodic schedules: pattern, time zone, last and next tick, newest job.
+    Schedules {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the job functions linked into this binary.
     Functions {
         /// Print JSON, with each function's options.
@@ -383,6 +389,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Functions { json } => overview::functions(json),
+        Command::Schedules { json } => overview::schedules(&open_existing(&cli.database_url)?, json),
         Command::Pause { channel } => {
             let db = open_existing(&cli.database_url)?;
             let newly = db.pause_channel(&channel)?;
@@ -455,6 +462,7 @@ pub(super) fn show(job: &queue_core::Job) -> String {
             ),
         ),
         ("identity key", opt(&job.identity_key)),
+        ("origin", opt(&job.origin)),
         ("created", job.date_created.to_rfc3339()),
         ("started", time(job.date_started)),
         ("done", time(job.date_done)),

@@ -38,6 +38,7 @@ pub(super) fn job_json(job: &Job, family: Option<&Family>) -> Value {
         "attempts": job.attempts,
         "max_retries": job.max_retries,
         "identity_key": job.identity_key,
+        "origin": job.origin,
         "created": job.date_created.to_rfc3339(),
         "started": time(job.date_started),
         "done": time(job.date_done),

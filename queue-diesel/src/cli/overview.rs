@@ -1,4 +1,4 @@
-//! `queue-worker stats`, `channels` and `functions`: the queue at a glance.
+//! `queue-worker stats`, `channels`, `functions` and `schedules`: the queue at a glance.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use queue_core::{ChannelConfig, JobState};
@@ -8,7 +8,7 @@ use super::output::{age, print_json};
 use crate::database::Database;
 use crate::error::Result;
 use crate::function::registry;
-use crate::store::{Stats, Views};
+use crate::store::{ListParams, Stats, Views};
 
 /// The windows `stats` counts finished jobs over, in minutes.
 const WINDOWS: [i64; 3] = [1, 5, 15];
@@ -199,6 +199,75 @@ pub(super) fn functions(json: bool) -> Result<()> {
     }
     for name in names {
         println!("{name}");
+    }
+    Ok(())
+}
+
+/// `schedules`: the periodic schedules of this binary (and those another binary recorded), with
+/// their last and next tick and the newest job each queued.
+pub(super) fn schedules(db: &Database, json: bool) -> Result<()> {
+    let views = crate::ScheduleView::all(db)?;
+    let mut rows = Vec::with_capacity(views.len());
+    for view in &views {
+        let origin = format!("schedule:{}", view.name);
+        let last_job = db.jobs(&ListParams::default().origin(origin).limit(1))?.into_iter().next();
+        rows.push((view, last_job));
+    }
+    let time = |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339());
+    if json {
+        let list: Vec<Value> = rows
+            .iter()
+            .map(|(view, job)| {
+                let schedule = view.registered.map(|r| r.schedule);
+                json!({
+                    "name": view.name,
+                    "in_this_binary": view.registered.is_some(),
+                    "cron": schedule.map(|s| s.cron()),
+                    "time_zone": schedule.map(|s| s.time_zone_name()),
+                    "catch_up": schedule.map(|s| s.catch_up_mode().as_str()),
+                    "skip_if_unfinished": schedule.map(|s| s.skips_if_unfinished()),
+                    "function": schedule.and_then(|s| s.function()).map(|f| f.name()),
+                    "last_tick": time(view.last_tick),
+                    "next_tick": time(view.next_tick),
+                    "last_job": job.as_ref().map(|j| json!({"uuid": j.uuid.to_string(), "state": j.state.as_str(), "eta": time(j.eta)})),
+                })
+            })
+            .collect();
+        return print_json(&Value::Array(list));
+    }
+    if rows.is_empty() {
+        println!("no schedule is linked into this binary or recorded in the database");
+        return Ok(());
+    }
+    let short = |t: Option<DateTime<Utc>>| {
+        t.map_or_else(|| "-".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+    };
+    println!(
+        "{:<32}  {:<20}  {:<16}  {:<8}  {:<19}  {:<19}  LAST JOB",
+        "SCHEDULE", "CRON", "TIME ZONE", "CATCH-UP", "LAST TICK (UTC)", "NEXT TICK (UTC)"
+    );
+    for (view, job) in rows {
+        let (cron, zone, catch_up) = match view.registered.map(|r| r.schedule) {
+            Some(s) => {
+                let catch_up = if s.skips_if_unfinished() {
+                    format!("{},skip", s.catch_up_mode())
+                } else {
+                    s.catch_up_mode().to_string()
+                };
+                (s.cron().to_owned(), s.time_zone_name().to_owned(), catch_up)
+            }
+            None => ("(not in this binary)".to_owned(), "-".to_owned(), "-".to_owned()),
+        };
+        let last_job = job.map_or_else(|| "-".to_owned(), |j| format!("{} {}", j.uuid, j.state));
+        println!(
+            "{:<32}  {:<20}  {:<16}  {:<8}  {:<19}  {:<19}  {last_job}",
+            super::output::clip(&view.name, 32),
+            super::output::clip(&cron, 20),
+            zone,
+            catch_up,
+            short(view.last_tick),
+            short(view.next_tick),
+        );
     }
     Ok(())
 }

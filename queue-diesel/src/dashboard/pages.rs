@@ -12,7 +12,7 @@ use crate::progress::Progress;
 use crate::store::{Family, Stats};
 
 /// The fields of a list's filter, kept by its links and its bulk actions.
-pub(super) const FILTERS: [&str; 7] = ["state", "channel", "func", "model", "error", "from", "to"];
+pub(super) const FILTERS: [&str; 8] = ["state", "channel", "func", "model", "error", "origin", "from", "to"];
 
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}\
 nav a{margin-right:1em}table{border-collapse:collapse;margin:.5em 0}\
@@ -132,6 +132,7 @@ pub(super) fn jobs(shared: &Shared, data: &JobsPage, can_act: bool) -> String {
             input name="channel" placeholder="channel" value=(value("channel"));
             input name="func" placeholder="function" value=(value("func"));
             input name="model" placeholder="model" value=(value("model"));
+            input name="origin" placeholder="origin" value=(value("origin"));
             input name="error" placeholder="text in the error" value=(value("error"));
             "queued from " input type="date" name="from" value=(value("from"));
             " to " input type="date" name="to" value=(value("to"));
@@ -140,7 +141,7 @@ pub(super) fn jobs(shared: &Shared, data: &JobsPage, can_act: bool) -> String {
         }
         p { (data.total) " job(s)" @if pages > 1 { ", page " (data.page) " of " (pages) } }
         table {
-            tr { th { "uuid" } th { "state" } th { "prio" } th { "channel" } th { "function" } th { "description" } th { "try" } th { "eta" } th { "queued" } th { "error" } }
+            tr { th { "uuid" } th { "state" } th { "prio" } th { "channel" } th { "function" } th { "description" } th { "origin" } th { "try" } th { "eta" } th { "queued" } th { "error" } }
             @for job in &data.jobs {
                 tr {
                     td { a href=(format!("/jobs/{}", job.uuid)) { (job.uuid) } }
@@ -149,6 +150,11 @@ pub(super) fn jobs(shared: &Shared, data: &JobsPage, can_act: bool) -> String {
                     td { (job.channel) }
                     td { (job.func) }
                     td { (job.description) }
+                    td {
+                        @if let Some(origin) = &job.origin {
+                            a href=(format!("/jobs?origin={}", encode(origin))) { (origin) }
+                        }
+                    }
                     td { (job.attempts) }
                     td { (time(job.eta)) }
                     td { (time(Some(job.date_created))) }
@@ -214,6 +220,7 @@ pub(super) fn job(
             tr { th { "priority" } td { (job.priority) } }
             tr { th { "tries" } td { (job.attempts) " of " (tries) } }
             tr { th { "identity key" } td { (opt(&job.identity_key)) } }
+            tr { th { "origin" } td { (opt(&job.origin)) } }
             tr { th { "queued" } td { (time(Some(job.date_created))) } }
             tr { th { "eta" } td { (time(job.eta)) } }
             tr { th { "started" } td { (time(job.date_started)) } }

@@ -119,6 +119,9 @@ pub(super) fn filters(fields: &Params) -> Result<ListParams> {
     if let Some(v) = field("error") {
         params = params.error_containing(v);
     }
+    if let Some(v) = field("origin") {
+        params = params.origin(v);
+    }
     let date = |name: &str, end: bool| -> Result<Option<DateTime<Utc>>> {
         let Some(text) = field(name) else { return Ok(None) };
         if let Ok(at) = DateTime::parse_from_rfc3339(text) {

@@ -128,7 +128,7 @@ impl Scheduler {
             } else {
                 for at in &due.queue {
                     let tick = Tick { schedule: name.to_owned(), at: *at };
-                    crate::delay::with_origin(origin.clone(), || schedule.queue(env, &tick))
+                    crate::delay::with_origin(origin.clone(), *at, || schedule.queue(env, &tick))
                         .map_err(|source| Error::Schedule { name: name.to_owned(), source })?;
                 }
                 tracing::info!(schedule = name, ticks = due.queue.len(), tick = %through, "schedule queued its jobs");
@@ -140,17 +140,40 @@ impl Scheduler {
     }
 }
 
-/// The schedules of this binary with, per schedule, the last tick recorded in the database (if
-/// any) and the next tick from now.
-pub fn overview(db: &Database) -> Result<Vec<(&'static Registered, Option<DateTime<Utc>>, Option<DateTime<Utc>>)>> {
-    let recorded: HashMap<String, DateTime<Utc>> = db.conn()?.schedules_recorded()?.into_iter().collect();
-    let now = db.now();
-    Ok(schedules()?
-        .iter()
-        .map(|r| {
-            let last = recorded.get(r.schedule.name()).copied();
-            let next = r.cron.next_after(last.map_or(now, |l| l.max(now)));
-            (r, last, next)
-        })
-        .collect())
+/// A schedule as `queue-worker schedules` shows it.
+#[derive(Debug)]
+pub struct ScheduleView {
+    /// Its name.
+    pub name: String,
+    /// Its declaration, when this binary links it (a row left by another binary has none).
+    pub registered: Option<&'static Registered>,
+    /// The last tick dealt with, as recorded in the database (none before a worker saw it).
+    pub last_tick: Option<DateTime<Utc>>,
+    /// Its next tick from now (or from the last tick, when the database is ahead).
+    pub next_tick: Option<DateTime<Utc>>,
+}
+
+impl ScheduleView {
+    /// The schedules of this binary, and those recorded in the database by another binary, by
+    /// name.
+    pub fn all(db: &Database) -> Result<Vec<ScheduleView>> {
+        let mut recorded: HashMap<String, DateTime<Utc>> = db.conn()?.schedules_recorded()?.into_iter().collect();
+        let now = db.now();
+        let mut views: Vec<ScheduleView> = schedules()?
+            .iter()
+            .map(|r| {
+                let last_tick = recorded.remove(r.schedule.name());
+                let next_tick = r.cron.next_after(last_tick.map_or(now, |l| l.max(now)));
+                ScheduleView { name: r.schedule.name().to_owned(), registered: Some(r), last_tick, next_tick }
+            })
+            .collect();
+        views.extend(recorded.into_iter().map(|(name, last)| ScheduleView {
+            name,
+            registered: None,
+            last_tick: Some(last),
+            next_tick: None,
+        }));
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(views)
+    }
 }
