@@ -10,8 +10,10 @@ use queue_diesel::prelude::*;
 use queue_diesel::{Backend, DatabaseBuilder};
 
 mod models;
+mod schedules;
 
 pub use models::*;
+pub use schedules::*;
 
 /// A database for one test, removed when dropped.
 pub struct TestDb {

@@ -19,6 +19,7 @@ mod options;
 mod outcomes;
 mod progress;
 mod rescue;
+mod schedules;
 mod store;
 mod testing;
 mod timeouts;

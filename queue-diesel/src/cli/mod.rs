@@ -169,6 +169,10 @@ pub struct RunArgs {
     /// on; on SQLite, no job without a timeout holds the write lock longer ("60s", "2m").
     #[arg(long, env = "QUEUE_HANG_LIMIT", default_value = "60s")]
     pub hang_limit: String,
+    /// Queue the jobs of the binary's periodic schedules as their ticks come (on or off). Any
+    /// number of workers may: each tick is queued once.
+    #[arg(long, env = "QUEUE_SCHEDULES", default_value = "on", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub schedules: bool,
     /// Folder of the files that show this host's workers alive and record what they run
     /// (default: beside a SQLite database, or in the temporary directory for PostgreSQL).
     #[arg(long, env = "QUEUE_STATE_DIR")]
@@ -353,6 +357,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 },
                 hang_limit: crate::worker::parse_limit(&args.hang_limit, "--hang-limit")?,
                 state_dir: args.state_dir.filter(|d| !d.as_os_str().is_empty()),
+                schedules: args.schedules,
                 ..WorkerConfig::default()
             };
             let worker = Worker::new(db, config)?;

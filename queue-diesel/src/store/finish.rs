@@ -1,13 +1,20 @@
 //! Storing how runs ended: a batch's jobs done in one statement, one job's settlement, give-
 //! backs, and what finishing does to a job's children.
 
-use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use queue_core::JobState;
 
 use super::{DoneParams, Error, Hold, Result, SettleParams, Standing};
 use crate::connection::{AnyConnection, with_backend};
 use crate::schema::queue_job;
+
+diesel::define_sql_function! {
+    /// SQL's `COALESCE` over two moments.
+    fn coalesce(
+        first: diesel::sql_types::Nullable<diesel::sql_types::Timestamp>,
+        second: diesel::sql_types::Nullable<diesel::sql_types::Timestamp>,
+    ) -> diesel::sql_types::Nullable<diesel::sql_types::Timestamp>;
+}
 
 pub(super) fn done_many(conn: &mut AnyConnection, p: &DoneParams<'_>) -> Result<usize> {
     use queue_job::dsl;
@@ -30,7 +37,6 @@ pub(super) fn done_many(conn: &mut AnyConnection, p: &DoneParams<'_>) -> Result<
         dsl::exc_name.eq(None::<String>),
         dsl::exc_message.eq(None::<String>),
         dsl::exc_info.eq(None::<String>),
-        dsl::eta.eq(None::<NaiveDateTime>),
     );
     let parents: Vec<i64> = with_backend!(conn, c => diesel::update(target)
         .set(changes)
@@ -186,6 +192,7 @@ pub(super) fn settle(conn: &mut AnyConnection, p: &SettleParams<'_>) -> Result<b
     let s = p.settlement;
     let now = p.now.naive_utc();
     let started = p.started.naive_utc();
+    // A retry's new eta; otherwise the job keeps the one it had (when it was due).
     let eta = s.retry_in.map(|delay| queue_core::options::after_std(p.now, delay).naive_utc());
     let result = s.result.as_deref().map(clean);
     let exc = s.exc.as_ref().map(|e| (clean(&e.name), clean(&e.message), clean(&e.info)));
@@ -194,7 +201,7 @@ pub(super) fn settle(conn: &mut AnyConnection, p: &SettleParams<'_>) -> Result<b
         dsl::attempts.eq(s.attempts),
         dsl::interruptions.eq(s.interruptions),
         dsl::isolation.eq(s.isolation.level()),
-        dsl::eta.eq(eta),
+        dsl::eta.eq(coalesce(eta, dsl::eta)),
         dsl::result.eq(result.as_deref()),
         dsl::exc_name.eq(exc.as_ref().map(|e| e.0.as_ref())),
         dsl::exc_message.eq(exc.as_ref().map(|e| e.1.as_ref())),

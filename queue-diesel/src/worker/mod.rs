@@ -447,14 +447,15 @@ impl Worker {
         let mut state = Dispatch::new(self, executors, mode);
         let fatal = self.dispatch(shutdown, &events_rx, &jobs_tx, &mut state, mode).err();
         stop_listener.store(true, Ordering::Relaxed);
-        if let Some(ticking) = ticking {
-            ticking.stop();
-        }
+        let ticking = ticking.map(schedules::Ticking::stop);
         if let Some(waker) = waker {
             self.db.remove_waker(waker);
         }
         drop(jobs_tx);
         self.drain(&events_rx, &mut state);
+        if let Some(ticking) = ticking {
+            let _ = ticking.join();
+        }
         // Its connection is closed before this returns (it notices the flag within 100 ms, or
         // once a connection attempt or a ping to a vanished server times out).
         if let Some(listener) = listener {

@@ -12,7 +12,7 @@ use crate::maintenance::schedules::Scheduler;
 /// Longest sleep between passes: a clock that jumps (or a test's mock clock) is noticed within it.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
-/// The running schedule thread; dropping [`Ticking::stop`]'s sender ends it.
+/// The running schedule thread, until [`Ticking::stop`].
 pub(super) struct Ticking {
     stop: Sender<()>,
     thread: JoinHandle<()>,
@@ -41,9 +41,11 @@ impl Ticking {
         Ok(Some(Ticking { stop, thread }))
     }
 
-    /// Stop the thread and wait for its pass in progress to end.
-    pub(super) fn stop(self) {
+    /// Tell the thread to stop; the handle returned waits for its pass in progress to end.
+    /// Joined only after the worker's running jobs are dealt with: on SQLite a pass waits for
+    /// the write lock a running batch holds, and must not hold up the grace period.
+    pub(super) fn stop(self) -> JoinHandle<()> {
         drop(self.stop);
-        let _ = self.thread.join();
+        self.thread
     }
 }
