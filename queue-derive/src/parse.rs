@@ -162,6 +162,8 @@ pub struct JobAttr {
     pub time_zone: Option<LitStr>,
     pub catch_up: Option<Ident>,
     pub skip_if_unfinished: bool,
+    /// Where `skip_if_unfinished` was written, for errors.
+    pub skip_span: Option<proc_macro2::Span>,
 }
 
 /// One parameter of a job method after the records.
@@ -259,6 +261,7 @@ fn parse_job_attr(attr: &Attribute, errors: &mut Errors) -> JobAttr {
                 job.isolated = value;
             } else {
                 job.skip_if_unfinished = value;
+                job.skip_span = Some(meta.path.span());
             }
             return Ok(());
         }
@@ -380,7 +383,10 @@ fn parse_job_attr(attr: &Attribute, errors: &mut Errors) -> JobAttr {
             errors.push(ident.span(), format!("`catch_up` {needs_cron}"));
         }
         if job.skip_if_unfinished {
-            errors.push(attr.span(), format!("`skip_if_unfinished` {needs_cron}"));
+            errors.push(
+                job.skip_span.unwrap_or_else(|| attr.span()),
+                format!("`skip_if_unfinished` {needs_cron}"),
+            );
         }
     }
     job
