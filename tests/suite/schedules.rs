@@ -183,6 +183,16 @@ fn a_failing_schedule_keeps_its_tick_and_tries_again(t: TestDb) {
     assert_eq!(audit(&db).expect("listed").last_tick, Some(start), "its tick was rolled back");
     assert!(etas(&db, AUDIT).is_empty());
 
+    // Its code panics now: the same, and the scheduler goes on.
+    diesel::update(partners::table.find(refusing[0].id))
+        .set(partners::name.eq("panic"))
+        .execute(&mut *db.conn().expect("connection"))
+        .expect("renamed");
+    assert_eq!(scheduler.pass(), [], "tried again only after a pause");
+    clock.advance(chrono::TimeDelta::seconds(10));
+    assert_eq!(scheduler.pass(), []);
+    assert_eq!(audit(&db).expect("listed").last_tick, Some(start), "rolled back again");
+
     diesel::delete(partners::table.find(refusing[0].id))
         .execute(&mut *db.conn().expect("connection"))
         .expect("deleted");

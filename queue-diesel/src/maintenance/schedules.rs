@@ -9,6 +9,7 @@
 //! catch up on ticks from before it existed.
 
 use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -128,8 +129,11 @@ impl Scheduler {
             } else {
                 for at in &due.queue {
                     let tick = Tick { schedule: name.to_owned(), at: *at };
-                    crate::delay::with_origin(origin.clone(), *at, || schedule.queue(env, &tick))
-                        .map_err(|source| Error::Schedule { name: name.to_owned(), source })?;
+                    let queued = catch_unwind(AssertUnwindSafe(|| {
+                        crate::delay::with_origin(origin.clone(), *at, || schedule.queue(env, &tick))
+                    }))
+                    .unwrap_or_else(|payload| Err(panicked(payload.as_ref()).into()));
+                    queued.map_err(|source| Error::Schedule { name: name.to_owned(), source })?;
                 }
                 tracing::info!(schedule = name, ticks = due.queue.len(), tick = %through, "schedule queued its jobs");
                 ScheduleOutcome::Queued(due.queue)
@@ -138,6 +142,16 @@ impl Scheduler {
             Ok((Some(outcome), through))
         })
     }
+}
+
+/// What a panic of a schedule's code said.
+fn panicked(payload: &(dyn std::any::Any + Send)) -> String {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text payload".to_owned());
+    format!("its code panicked: {message}")
 }
 
 /// A schedule as `queue-worker schedules` shows it.
