@@ -66,9 +66,11 @@ fn throttles_and_rates_hold_across_three_workers(t: TestDb) {
         let _ = worker.wait();
     }
     assert!(done, "every job ran");
-    // A start is counted when a worker takes the right to it, a moment before the body runs:
-    // the bodies' moments keep the bound up to that moment.
-    let slack = 60_000;
+    // A start is counted when a worker takes the right to it, a moment before the body runs
+    // (a claim and a thread hand-over later: tens of milliseconds on a loaded machine, seen
+    // up to 80): the bodies' moments keep the bound up to that moment. Without the limits the
+    // jobs would start within a few milliseconds of each other.
+    let slack = 150_000;
     let mail = starts(&mail);
     assert_eq!(mail.len(), 6);
     for pair in mail.windows(2) {
