@@ -1,6 +1,6 @@
 //! Periodic jobs: schedules declared with `#[job(cron = "…")]` on a method, or in code with
 //! [`schedule!`](crate::schedule!), registered with `inventory` like job functions. Workers queue
-//! their jobs as the ticks come (see [`crate::maintenance::schedules`]): exactly one pass queues
+//! their jobs as the ticks come (see [`Scheduler`](crate::Scheduler)): exactly one pass queues
 //! each tick, whatever the number of workers and hosts.
 
 use std::collections::HashSet;

@@ -60,7 +60,7 @@ impl Scheduler {
 
     /// Queue the jobs of every schedule whose tick has come (by the database's clock). A
     /// schedule whose code or transaction fails is logged, rolled back and tried again
-    /// [`RETRY_AFTER`] later; the others go on. Returns what was done, per schedule name.
+    /// ten seconds later; the others go on. Returns what was done, per schedule name.
     pub fn pass(&mut self) -> Vec<(&'static str, ScheduleOutcome)> {
         let mut done = Vec::new();
         for registered in self.schedules {
