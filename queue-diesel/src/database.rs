@@ -1,7 +1,7 @@
 //! Opening the database: URL → backend → connection pool, migrations, run-mode settings.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use diesel::r2d2::{self, ManageConnection, Pool, PooledConnection, R2D2Connection};
@@ -21,6 +21,12 @@ pub const DEFAULT_POOL_SIZE: u32 = 10;
 
 /// A pooled connection of the queue.
 pub type PooledConn = PooledConnection<Manager>;
+
+/// A pooled connection that answered a ping this recently is handed out without another.
+const TRUSTED_FOR: Duration = Duration::from_secs(1);
+
+/// When a pooled connection last answered a ping (kept with it in the pool).
+struct Answered(Instant);
 
 /// Hides the password of a database URL for logs and errors.
 pub fn redact(url: &str) -> String {
@@ -167,6 +173,8 @@ impl DatabaseBuilder {
             .max_size(self.pool_size)
             .min_idle(Some(u32::from(self.keep_idle)))
             .connection_timeout(Duration::from_secs(30))
+            // Database::conn pings a connection only when it has not answered for a while.
+            .test_on_check_out(false)
             .error_handler(Box::new(r2d2::LoggingErrorHandler))
             .build(manager)
             .map_err(|e| Error::Connect { url: redact(&self.url), source: Box::new(e) })?;
@@ -342,9 +350,35 @@ impl Database {
         self.inner.clock.now()
     }
 
-    /// A connection from the pool.
+    /// A connection from the pool. It is checked with a ping (a round trip on PostgreSQL) only
+    /// when it has not answered one for a second, so a busy application pays no round trip per
+    /// checkout while a connection that a restarted server dropped is still found and replaced.
     pub fn conn(&self) -> Result<PooledConn> {
-        self.inner.pool.get().map_err(|e| Error::Connect { url: self.url(), source: Box::new(e) })
+        let connect_error = |e: r2d2::PoolError| Error::Connect { url: self.url(), source: Box::new(e) };
+        // Every pooled connection may be dead (a restarted server): one more try opens a new one.
+        let mut tries = self.inner.pool.max_size() + 1;
+        loop {
+            let mut conn = self.inner.pool.get().map_err(connect_error)?;
+            let now = Instant::now();
+            let answered = PooledConnection::extensions(&conn).get::<Answered>().map(|a| a.0);
+            if answered.is_some_and(|at| now.duration_since(at) < TRUSTED_FOR) {
+                return Ok(conn);
+            }
+            match conn.ping() {
+                Ok(()) => {
+                    PooledConnection::extensions_mut(&mut conn).insert(Answered(now));
+                    return Ok(conn);
+                }
+                Err(e) => {
+                    // Marked broken, the pool drops it instead of taking it back.
+                    conn.mark_broken();
+                    tries -= 1;
+                    if tries == 0 {
+                        return Err(Error::query("check a pooled connection")(e));
+                    }
+                }
+            }
+        }
     }
 
     /// Job `id` of this database says it is at `progress`: stored soon, outside its transaction.

@@ -140,12 +140,12 @@ pub fn enqueue(
             if !inserted {
                 return Ok(handle);
             }
+            if db.worker_configured() && env.first_notify() {
+                conn.job_notify()?;
+            }
         } else {
-            conn.job_insert_many(&jobs)?;
+            conn.job_insert_many(&jobs, db.worker_configured() && env.first_notify())?;
             handle.uuids.extend(jobs.iter().map(|j| j.uuid));
-        }
-        if db.worker_configured() && env.first_notify() {
-            conn.job_notify()?;
         }
         for uuid in &handle.uuids {
             env.record_queued(*uuid);
@@ -215,10 +215,7 @@ pub fn bulk<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     }
     current_env(|env| {
         let mut conn = env.any_conn()?;
-        conn.job_insert_many(&jobs)?;
-        if env.database().worker_configured() && env.first_notify() {
-            conn.job_notify()?;
-        }
+        conn.job_insert_many(&jobs, env.database().worker_configured() && env.first_notify())?;
         for job in &jobs {
             env.record_queued(job.uuid);
         }

@@ -17,6 +17,7 @@ backend_tests!(
     a_job_gets_the_connection_type_it_asks_for,
     a_job_asking_for_the_other_backend_fails_clearly,
     a_panic_inside_with_env_gives_the_connection_back,
+    pooled_connections_the_server_ended_are_replaced,
 );
 
 diesel::table! {
@@ -269,5 +270,33 @@ fn a_panic_inside_with_env_gives_the_connection_back(t: TestDb) {
     match t.db.backend() {
         Backend::Postgres => lend_survives_a_panic::<PgConnection>(&t),
         Backend::Sqlite => lend_survives_a_panic::<SqliteConnection>(&t),
+    }
+}
+
+/// PostgreSQL ends every session of the pool (as a restart would): once they are past the
+/// second a connection is trusted without a ping, the pool hands out working connections again.
+fn pooled_connections_the_server_ended_are_replaced(t: TestDb) {
+    if t.db.backend() != Backend::Postgres {
+        return;
+    }
+    let db = t.reopen(|b| b.pool_size(3));
+    let list = t.partners(&["ada"]);
+    // Three connections, used once each.
+    let held: Vec<_> = (0..3).map(|_| db.conn().expect("a connection")).collect();
+    drop(held);
+    let mut admin = PgConnection::establish(&t.url).expect("admin connection");
+    let ended: Vec<bool> = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+        "pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    ))
+    .load(&mut admin)
+    .expect("sessions ended");
+    assert!(ended.len() >= 3, "the pool's sessions were there: {ended:?}");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    for _ in 0..5 {
+        let id = db
+            .transaction(Context::new(), |_| queue_tests::Partner::queue().export(&list, "crm".into()))
+            .expect("queued on a working connection")
+            .uuid();
+        assert_eq!(db.job(&id).expect("read back").state, JobState::Pending);
     }
 }

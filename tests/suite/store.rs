@@ -66,7 +66,7 @@ fn claim_takes_due_jobs_by_priority_then_age(t: TestDb) {
         new_job("root.c", 10, None),
         new_job("root.later", 1, Some(3600)),
     ];
-    conn.job_insert_many(&jobs).expect("insert");
+    conn.job_insert_many(&jobs, false).expect("insert");
     let first = claim_any(&mut conn, "lease-1", 1);
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].attempts, 1);
@@ -82,7 +82,7 @@ fn claim_respects_channel_filters(t: TestDb) {
     let mut conn = t.db.conn().expect("conn");
     let channels = ["root", "root.export", "root.export.eu", "root.export_x", "root.mail", "root.exportable"];
     let jobs: Vec<NewJob> = channels.iter().map(|c| new_job(c, 10, None)).collect();
-    conn.job_insert_many(&jobs).expect("insert");
+    conn.job_insert_many(&jobs, false).expect("insert");
     let export = ChannelFilter { node: "root.export".into(), excluded: vec![] };
     assert_eq!(
         claim(&mut conn, 10, Some(&export)),
@@ -95,7 +95,7 @@ fn claim_respects_channel_filters(t: TestDb) {
 
 fn finish_is_fenced_by_the_lease(t: TestDb) {
     let mut conn = t.db.conn().expect("conn");
-    conn.job_insert_many(&[new_job("root", 10, None)]).expect("insert");
+    conn.job_insert_many(&[new_job("root", 10, None)], false).expect("insert");
     let rows = claim_any(&mut conn, "lease-1", 1);
     let settlement = queue_diesel::core::Settlement {
         state: JobState::Done,
@@ -125,7 +125,7 @@ fn finish_is_fenced_by_the_lease(t: TestDb) {
 
 fn release_gives_jobs_back_without_counting_the_try(t: TestDb) {
     let mut conn = t.db.conn().expect("conn");
-    conn.job_insert_many(&[new_job("root", 10, None)]).expect("insert");
+    conn.job_insert_many(&[new_job("root", 10, None)], false).expect("insert");
     let rows = claim_any(&mut conn, "lease-1", 1);
     assert_eq!(conn.job_release(&[rows[0].id], "other").expect("release"), 0);
     assert_eq!(conn.job_release(&[rows[0].id], "lease-1").expect("release"), 1);
@@ -138,7 +138,7 @@ fn release_gives_jobs_back_without_counting_the_try(t: TestDb) {
 fn insert_many_and_count_by_state(t: TestDb) {
     let mut conn = t.db.conn().expect("conn");
     let jobs: Vec<NewJob> = (0..2500).map(|_| new_job("root", 10, None)).collect();
-    conn.job_insert_many(&jobs).expect("insert in chunks");
+    conn.job_insert_many(&jobs, false).expect("insert in chunks");
     assert_eq!(claim(&mut conn, 500, None).len(), 500);
     assert_eq!(
         conn.job_count_by_state().expect("count"),

@@ -8,11 +8,11 @@ use super::rows::{JobRow, NewJobRow, RescuedRow};
 use super::sql::Sql;
 #[cfg(feature = "postgres")]
 use super::postgres;
-use super::{Error, ListParams, PruneParams, RescueParams, Result, SetStateParams};
+use super::{Error, ListParams, PruneParams, RescueParams, Result, SetStateParams, Store};
 use crate::connection::{AnyConnection, with_backend};
 use crate::schema::queue_job;
 
-pub(super) fn insert_many(conn: &mut AnyConnection, jobs: &[NewJob]) -> Result<()> {
+pub(super) fn insert_many(conn: &mut AnyConnection, jobs: &[NewJob], wake: bool) -> Result<()> {
     if jobs.is_empty() {
         return Ok(());
     }
@@ -20,14 +20,17 @@ pub(super) fn insert_many(conn: &mut AnyConnection, jobs: &[NewJob]) -> Result<(
         for job in jobs {
             insert_unique(conn, job)?;
         }
+        if wake {
+            conn.job_notify()?;
+        }
         return Ok(());
     }
     let rows = jobs.iter().map(NewJobRow::from_job).collect::<Result<Vec<_>>>()?;
     match conn {
         #[cfg(feature = "postgres")]
         AnyConnection::Postgres(c) => {
-            for chunk in rows.chunks(5000) {
-                postgres::job_insert_rows(c, chunk).map_err(Error::query("insert jobs"))?;
+            for (i, chunk) in rows.chunks(5000).enumerate() {
+                postgres::job_insert_rows(c, chunk, wake && i == 0).map_err(Error::query("insert jobs"))?;
             }
         }
         #[cfg(feature = "sqlite")]

@@ -147,8 +147,10 @@ pub trait Store {
     /// One job by uuid.
     fn job_get(&mut self, uuid: &JobId) -> Result<Option<Job>>;
     /// Insert new jobs: `pending`, or `wait_dependencies` for a job whose parents are not all done
-    /// (a job whose parent was cancelled is inserted `cancelled`).
-    fn job_insert_many(&mut self, jobs: &[NewJob]) -> Result<()>;
+    /// (a job whose parent was cancelled is inserted `cancelled`). With `wake`, workers listening
+    /// for new jobs are woken at commit, in the same round trip where the backend allows
+    /// (PostgreSQL: the insert carries its `pg_notify`).
+    fn job_insert_many(&mut self, jobs: &[NewJob], wake: bool) -> Result<()>;
     /// Insert a job that has an identity key, unless a job with that key has not started yet:
     /// then nothing is inserted and that job's uuid is returned (with `false`). The database's
     /// unique index decides, so concurrent callers agree.
@@ -380,8 +382,8 @@ impl Store for AnyConnection {
         jobs::get(self, uuid)
     }
 
-    fn job_insert_many(&mut self, new: &[NewJob]) -> Result<()> {
-        jobs::insert_many(self, new)
+    fn job_insert_many(&mut self, new: &[NewJob], wake: bool) -> Result<()> {
+        jobs::insert_many(self, new, wake)
     }
 
     fn job_insert_unique(&mut self, job: &NewJob) -> Result<(JobId, bool)> {
