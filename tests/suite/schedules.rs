@@ -317,10 +317,23 @@ fn ticker(url: &str) -> std::process::Child {
         .expect("the ticker starts")
 }
 
+/// Worker processes, killed when dropped (a failed assertion leaves none running).
+struct Tickers(Vec<std::process::Child>);
+
+impl Drop for Tickers {
+    fn drop(&mut self) {
+        for worker in &mut self.0 {
+            let _ = worker.kill();
+            let _ = worker.wait();
+        }
+    }
+}
+
 fn worker_processes_share_the_ticks(t: TestDb) {
     const EVERY_SECOND: &str = "schedule:ticker.every_second";
     const EVERY_OTHER: &str = "schedule:ticker.partner.every_other_second";
-    let mut workers: Vec<std::process::Child> = (0..3).map(|_| ticker(&t.url)).collect();
+    let mut tickers = Tickers((0..3).map(|_| ticker(&t.url)).collect());
+    let workers = &mut tickers.0;
     let ticks = |n: usize| wait_for(Duration::from_secs(60), || etas(&t.db, EVERY_SECOND).len() >= n);
     let stopped = ticks(3);
     if stopped {
@@ -330,10 +343,10 @@ fn worker_processes_share_the_ticks(t: TestDb) {
         workers[0] = ticker(&t.url);
     }
     let enough = stopped && ticks(8);
-    for worker in &workers {
+    for worker in workers.iter() {
         let _ = std::process::Command::new("kill").args(["-TERM", &worker.id().to_string()]).status();
     }
-    for worker in &mut workers {
+    for worker in workers.iter_mut() {
         let status = worker.wait().expect("reaped");
         assert!(status.success(), "a ticker stopped with {status}");
     }

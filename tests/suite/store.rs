@@ -13,6 +13,8 @@ backend_tests!(
     finish_is_fenced_by_the_lease,
     release_gives_jobs_back_without_counting_the_try,
     insert_many_and_count_by_state,
+    every_field_survives_both_ways_of_inserting,
+    an_insert_that_wakes_notifies_listeners_once_committed,
 );
 
 fn new_job(channel: &str, priority: i32, eta_secs: Option<i64>) -> NewJob {
@@ -146,4 +148,68 @@ fn insert_many_and_count_by_state(t: TestDb) {
     );
     let listed = conn.job_list(&ListParams::default().state(JobState::Started).limit(10));
     assert_eq!(listed.expect("list").len(), 10);
+}
+
+/// A few jobs go in with one statement, many with PostgreSQL's `COPY` (its text format escapes
+/// tabs, newlines and backslashes): either way each field reads back as it was given.
+fn every_field_survives_both_ways_of_inserting(t: TestDb) {
+    let mut conn = t.db.conn().expect("conn");
+    let awkward = "tab\there, line\nbreak, back\\slash \\N, quote \" and é 🚀";
+    let job = |i: usize| {
+        let mut job = new_job("root.x", 7, Some(60));
+        job.args = serde_json::json!({"text": awkward, "i": i});
+        job.context = Context::user(42).with("lang", awkward);
+        job.record_ids = vec![1, 2, 3];
+        job.options.description = awkward.to_owned();
+        job.options.identity_key = None;
+        job.origin = Some(format!("schedule:{awkward}"));
+        job
+    };
+    for count in [3, 600] {
+        let jobs: Vec<NewJob> = (0..count).map(job).collect();
+        conn.job_insert_many(&jobs, true).expect("insert");
+        for new in [&jobs[0], &jobs[count - 1]] {
+            let stored = conn.job_get(&new.uuid).expect("get").expect("stored");
+            assert_eq!(stored.args, new.args);
+            assert_eq!(stored.context, new.context);
+            assert_eq!(stored.description, awkward);
+            assert_eq!(stored.origin, new.origin);
+            assert_eq!(stored.record_ids, vec![1, 2, 3]);
+            assert_eq!((stored.priority, stored.channel.as_str()), (7, "root.x"));
+            assert_eq!(
+                stored.eta.map(|e| e.timestamp_micros()),
+                new.options.eta.map(|e| e.timestamp_micros())
+            );
+            assert_eq!(stored.state, JobState::Pending);
+        }
+    }
+}
+
+/// PostgreSQL: an insert asked to wake the workers notifies them at its commit (one statement
+/// carries it, or a `NOTIFY` after a `COPY`), and only then; SQLite has nothing to check.
+fn an_insert_that_wakes_notifies_listeners_once_committed(t: TestDb) {
+    use diesel::Connection;
+    if t.db.backend() != queue_diesel::Backend::Postgres {
+        return;
+    }
+    let mut listener = diesel::PgConnection::establish(&t.url).expect("listener");
+    diesel::RunQueryDsl::execute(diesel::sql_query("LISTEN queue_job"), &mut listener).expect("listen");
+    let mut heard = || {
+        let mut count = 0;
+        // Notifications come in with the answer to a statement, a moment after the commit.
+        queue_tests::wait_for(std::time::Duration::from_millis(500), || {
+            diesel::RunQueryDsl::execute(diesel::sql_query("SELECT 1"), &mut listener).expect("select");
+            count += listener.notifications_iter().filter(|n| n.is_ok()).count();
+            count > 0
+        });
+        count
+    };
+    let mut conn = t.db.conn().expect("conn");
+    for (count, wake) in [(1, true), (600, true), (1, false), (600, false)] {
+        let jobs: Vec<NewJob> = (0..count).map(|_| new_job("root", 10, None)).collect();
+        conn.batch("BEGIN").expect("begin");
+        conn.job_insert_many(&jobs, wake).expect("insert");
+        conn.batch("COMMIT").expect("commit");
+        assert_eq!(heard(), usize::from(wake), "{count} job(s), wake: {wake}");
+    }
 }

@@ -28,10 +28,15 @@ pub(super) fn insert_many(conn: &mut AnyConnection, jobs: &[NewJob], wake: bool)
     let rows = jobs.iter().map(NewJobRow::from_job).collect::<Result<Vec<_>>>()?;
     match conn {
         #[cfg(feature = "postgres")]
-        AnyConnection::Postgres(c) => {
-            for (i, chunk) in rows.chunks(5000).enumerate() {
-                postgres::job_insert_rows(c, chunk, wake && i == 0).map_err(Error::query("insert jobs"))?;
+        AnyConnection::Postgres(c) if rows.len() >= postgres::COPY_FROM_ROWS => {
+            postgres::job_copy_rows(c, &rows)?;
+            if wake {
+                postgres::notify(c)?;
             }
+        }
+        #[cfg(feature = "postgres")]
+        AnyConnection::Postgres(c) => {
+            postgres::job_insert_rows(c, &rows, wake).map_err(Error::query("insert jobs"))?;
         }
         #[cfg(feature = "sqlite")]
         AnyConnection::Sqlite(c) => {
