@@ -35,6 +35,10 @@ pub(super) fn insert_many(conn: &mut AnyConnection, jobs: &[NewJob], wake: bool)
             }
         }
         #[cfg(feature = "postgres")]
+        AnyConnection::Postgres(c) if rows.len() == 1 => {
+            postgres::job_insert_one(c, &rows[0], wake).map_err(Error::query("insert a job"))?;
+        }
+        #[cfg(feature = "postgres")]
         AnyConnection::Postgres(c) => {
             postgres::job_insert_rows(c, &rows, wake).map_err(Error::query("insert jobs"))?;
         }

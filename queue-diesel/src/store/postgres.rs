@@ -18,6 +18,23 @@ pub(super) fn load<T: QueryableByName<Pg> + 'static>(c: &mut PgConnection, sql: 
     Prepared(sql).load(c)
 }
 
+/// Insert one job with a statement Diesel prepares once per connection (the column-array
+/// insert is parsed anew each time). With `wake`, the insert returns its `pg_notify`: the
+/// notification is delivered at commit, and costs no round trip of its own.
+pub(super) fn job_insert_one(
+    c: &mut PgConnection,
+    row: &super::rows::NewJobRow<'_>,
+    wake: bool,
+) -> QueryResult<usize> {
+    let insert = diesel::insert_into(crate::schema::queue_job::table).values(row);
+    if wake {
+        let notify = format!("pg_notify('{NOTIFY_CHANNEL}', '') IS NULL");
+        insert.returning(diesel::dsl::sql::<diesel::sql_types::Bool>(&notify)).get_result::<bool>(c).map(|_| 1)
+    } else {
+        insert.execute(c)
+    }
+}
+
 /// Insert jobs with one statement of column arrays (`unnest`): the server parses 18 parameters
 /// instead of 18 per row, which makes bulk inserts several times faster than a multi-row VALUES.
 /// With `wake`, the same statement sends the workers' notification (delivered at commit), which
