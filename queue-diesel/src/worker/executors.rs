@@ -53,6 +53,10 @@ pub(super) struct Executors {
     pub events: Sender<Event>,
     pub record: Option<Arc<Record>>,
     pub started: usize,
+    /// Open each executor's connection when it starts, on the starting thread (a worker that
+    /// serves): opening one (a TLS handshake) takes milliseconds a first job would otherwise
+    /// wait, and a thread still opening one when the process exits could crash it.
+    pub connect_first: bool,
 }
 
 /// An executor's connection, kept between units of work. It is its own, not the pool's: a
@@ -72,11 +76,12 @@ impl Executors {
         let worker_id = Arc::clone(&self.worker_id);
         // Its own slot of the liveness record, held until the thread ends.
         let slot = self.record.as_ref().and_then(|r| r.slot()).map(Arc::new);
+        let opened = if self.connect_first { connect(&self.db) } else { None };
         self.started += 1;
         std::thread::Builder::new()
             .name(format!("queue-exec-{}", self.started))
             .spawn(move || {
-                let mut held: Option<Held> = None;
+                let mut held = opened;
                 loop {
                     let next = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
                     let Ok(assignment) = next else { return };

@@ -407,6 +407,7 @@ impl Worker {
             events: events_tx.clone(),
             record: Some(record),
             started: 0,
+            connect_first: mode == Mode::Serve,
         };
         for _ in 0..capacity {
             executors.spawn()?;
