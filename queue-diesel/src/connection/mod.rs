@@ -125,16 +125,9 @@ impl AnyConnection {
     /// Mark this connection broken: a pool drops it instead of taking it back (after a failed
     /// ping, say).
     pub(crate) fn mark_broken(&mut self) {
-        match self {
-            #[cfg(feature = "sqlite")]
-            AnyConnection::Sqlite(c) => {
-                AnsiTransactionManager::transaction_manager_status_mut(c).set_in_error()
-            }
-            #[cfg(feature = "postgres")]
-            AnyConnection::Postgres(c) => {
-                AnsiTransactionManager::transaction_manager_status_mut(c).set_in_error()
-            }
-        }
+        use diesel::connection::TransactionManager;
+        <AnyConnection as diesel::Connection>::TransactionManager::transaction_manager_status_mut(self)
+            .set_in_error();
     }
 
     /// Run one or more SQL statements with no result.

@@ -336,65 +336,43 @@ pub(super) fn job_copy_rows(c: &mut PgConnection, rows: &[super::rows::NewJobRow
 /// One row of `COPY`'s text format: fields separated by tabs, `\N` for NULL, backslash escapes.
 fn copy_row(line: &mut String, r: &super::rows::NewJobRow<'_>) {
     use std::fmt::Write;
-    fn text(line: &mut String, value: &str) {
-        for ch in value.chars() {
-            match ch {
-                '\\' => line.push_str("\\\\"),
-                '\t' => line.push_str("\\t"),
-                '\n' => line.push_str("\\n"),
-                '\r' => line.push_str("\\r"),
-                other => line.push(other),
+    /// A field and the tab after it.
+    fn field(line: &mut String, value: Option<&str>) {
+        match value {
+            Some(value) => {
+                for ch in value.chars() {
+                    match ch {
+                        '\\' => line.push_str("\\\\"),
+                        '\t' => line.push_str("\\t"),
+                        '\n' => line.push_str("\\n"),
+                        '\r' => line.push_str("\\r"),
+                        other => line.push(other),
+                    }
+                }
             }
+            None => line.push_str("\\N"),
         }
+        line.push('\t');
     }
-    fn null(line: &mut String) {
-        line.push_str("\\N");
-    }
-    let time = |line: &mut String, t: Option<chrono::NaiveDateTime>| match t {
-        Some(t) => {
-            let _ = write!(line, "{}", t.format("%Y-%m-%d %H:%M:%S%.6f"));
-        }
-        None => null(line),
-    };
-    text(line, &r.uuid);
-    line.push('\t');
-    text(line, r.state);
-    line.push('\t');
-    text(line, r.func);
-    line.push('\t');
-    text(line, r.model);
-    line.push('\t');
-    text(line, &r.record_ids);
-    line.push('\t');
-    text(line, &r.args);
-    line.push('\t');
-    text(line, &r.context);
-    line.push('\t');
-    match r.user_id {
-        Some(u) => {
-            let _ = write!(line, "{u}");
-        }
-        None => null(line),
-    }
-    let _ = write!(line, "\t{}\t", r.priority);
-    time(line, r.eta);
-    line.push('\t');
-    time(line, r.expected_at);
-    line.push('\t');
-    text(line, r.channel);
-    line.push('\t');
-    match r.identity_key {
-        Some(k) => text(line, k),
-        None => null(line),
-    }
-    let _ = write!(line, "\t{}\t{}\t", r.attempts, r.max_retries);
-    text(line, r.description);
-    line.push('\t');
-    time(line, Some(r.date_created));
-    line.push('\t');
-    match r.origin {
-        Some(o) => text(line, o),
-        None => null(line),
-    }
+    let time = |t: Option<chrono::NaiveDateTime>| t.map(|t| t.format("%Y-%m-%d %H:%M:%S%.6f").to_string());
+    field(line, Some(&r.uuid));
+    field(line, Some(r.state));
+    field(line, Some(r.func));
+    field(line, Some(r.model));
+    field(line, Some(&r.record_ids));
+    field(line, Some(&r.args));
+    field(line, Some(&r.context));
+    field(line, r.user_id.map(|u| u.to_string()).as_deref());
+    let _ = write!(line, "{}\t", r.priority);
+    field(line, time(r.eta).as_deref());
+    field(line, time(r.expected_at).as_deref());
+    field(line, Some(r.channel));
+    field(line, r.identity_key);
+    let _ = write!(line, "{}\t{}\t", r.attempts, r.max_retries);
+    field(line, Some(r.description));
+    field(line, time(Some(r.date_created)).as_deref());
+    field(line, r.origin);
+    // The last field's tab ends the row instead.
+    line.pop();
     line.push('\n');
 }
