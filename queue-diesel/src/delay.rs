@@ -141,10 +141,15 @@ pub fn enqueue(
                 return Ok(handle);
             }
             if db.worker_configured() && env.first_notify() {
-                conn.job_notify()?;
+                conn.job_notify().inspect_err(|_| env.notify_failed())?;
             }
         } else {
-            conn.job_insert_many(&jobs, db.worker_configured() && env.first_notify())?;
+            let wake = db.worker_configured() && env.first_notify();
+            conn.job_insert_many(&jobs, wake).inspect_err(|_| {
+                if wake {
+                    env.notify_failed();
+                }
+            })?;
             handle.uuids.extend(jobs.iter().map(|j| j.uuid));
         }
         for uuid in &handle.uuids {
@@ -215,7 +220,12 @@ pub fn bulk<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     }
     current_env(|env| {
         let mut conn = env.any_conn()?;
-        conn.job_insert_many(&jobs, env.database().worker_configured() && env.first_notify())?;
+        let wake = env.database().worker_configured() && env.first_notify();
+        conn.job_insert_many(&jobs, wake).inspect_err(|_| {
+            if wake {
+                env.notify_failed();
+            }
+        })?;
         for job in &jobs {
             env.record_queued(job.uuid);
         }

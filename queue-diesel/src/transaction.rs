@@ -227,6 +227,11 @@ impl<C: JobConnection> Env<C> {
         !self.scope.notified.replace(true)
     }
 
+    /// The statement that was to wake the workers failed: a later one must.
+    pub(crate) fn notify_failed(&self) {
+        self.scope.notified.set(false);
+    }
+
     /// Build an environment on `conn`, make it current for the duration of `f`.
     pub(crate) fn enter<R>(
         conn: &mut C,

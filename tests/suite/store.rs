@@ -166,9 +166,13 @@ fn every_field_survives_both_ways_of_inserting(t: TestDb) {
         job
     };
     for count in [3, 600] {
-        let jobs: Vec<NewJob> = (0..count).map(job).collect();
+        let mut jobs: Vec<NewJob> = (0..count).map(job).collect();
+        if t.db.backend() == queue_diesel::Backend::Postgres {
+            // A year COPY's text input and chrono spell differently.
+            jobs[1].options.eta = chrono::DateTime::from_timestamp(253_402_300_800 + 86_400 * 400, 0);
+        }
         conn.job_insert_many(&jobs, true).expect("insert");
-        for new in [&jobs[0], &jobs[count - 1]] {
+        for new in [&jobs[0], &jobs[1], &jobs[count - 1]] {
             let stored = conn.job_get(&new.uuid).expect("get").expect("stored");
             assert_eq!(stored.args, new.args);
             assert_eq!(stored.context, new.context);

@@ -27,11 +27,32 @@ pub(super) fn job_insert_one(
     wake: bool,
 ) -> QueryResult<usize> {
     let insert = diesel::insert_into(crate::schema::queue_job::table).values(row);
-    if wake {
-        let notify = format!("pg_notify('{NOTIFY_CHANNEL}', '') IS NULL");
-        insert.returning(diesel::dsl::sql::<diesel::sql_types::Bool>(&notify)).get_result::<bool>(c).map(|_| 1)
-    } else {
-        insert.execute(c)
+    if wake { insert.returning(WakeWorkers).get_result::<bool>(c).map(|_| 1) } else { insert.execute(c) }
+}
+
+/// `pg_notify('queue_job', '') IS NULL`, as a `RETURNING` expression of a static shape, so that
+/// Diesel keeps the statement prepared (an SQL literal would make it prepare anew each time).
+#[derive(Debug, Clone, Copy, diesel::query_builder::QueryId)]
+struct WakeWorkers;
+
+impl diesel::Expression for WakeWorkers {
+    type SqlType = diesel::sql_types::Bool;
+}
+
+impl<QS> diesel::AppearsOnTable<QS> for WakeWorkers {}
+
+impl<QS> diesel::SelectableExpression<QS> for WakeWorkers {}
+
+impl diesel::expression::ValidGrouping<()> for WakeWorkers {
+    type IsAggregate = diesel::expression::is_aggregate::Never;
+}
+
+impl diesel::query_builder::QueryFragment<Pg> for WakeWorkers {
+    fn walk_ast<'b>(&'b self, mut out: diesel::query_builder::AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("pg_notify('");
+        out.push_sql(NOTIFY_CHANNEL);
+        out.push_sql("', '') IS NULL");
+        Ok(())
     }
 }
 
@@ -333,6 +354,22 @@ pub(super) fn job_copy_rows(c: &mut PgConnection, rows: &[super::rows::NewJobRow
         .map_err(Error::query("copy jobs in"))
 }
 
+/// A moment as PostgreSQL's text input reads it, whatever the year (chrono writes `+10000` for
+/// years past 9999 and counts a year 0; PostgreSQL wants `10000` and `… BC`).
+fn copy_time(t: chrono::NaiveDateTime) -> String {
+    use chrono::{Datelike, Timelike};
+    let (year, era) = if t.year() > 0 { (t.year(), "") } else { (1 - t.year(), " BC") };
+    format!(
+        "{year:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}{era}",
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.nanosecond() / 1000
+    )
+}
+
 /// One row of `COPY`'s text format: fields separated by tabs, `\N` for NULL, backslash escapes.
 fn copy_row(line: &mut String, r: &super::rows::NewJobRow<'_>) {
     use std::fmt::Write;
@@ -354,7 +391,7 @@ fn copy_row(line: &mut String, r: &super::rows::NewJobRow<'_>) {
         }
         line.push('\t');
     }
-    let time = |t: Option<chrono::NaiveDateTime>| t.map(|t| t.format("%Y-%m-%d %H:%M:%S%.6f").to_string());
+    let time = |t: Option<chrono::NaiveDateTime>| t.map(copy_time);
     field(line, Some(&r.uuid));
     field(line, Some(r.state));
     field(line, Some(r.func));

@@ -48,6 +48,9 @@ pub struct JobRow {
 
 #[derive(Insertable)]
 #[diesel(table_name = queue_job)]
+// NULL rather than DEFAULT for `None` (the columns default to NULL anyway): the statement keeps one
+// shape, which Diesel can keep prepared.
+#[diesel(treat_none_as_default_value = false)]
 pub(super) struct NewJobRow<'a> {
     pub(super) uuid: String,
     pub(super) state: &'a str,

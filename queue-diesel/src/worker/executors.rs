@@ -53,9 +53,10 @@ pub(super) struct Executors {
     pub events: Sender<Event>,
     pub record: Option<Arc<Record>>,
     pub started: usize,
-    /// Open each executor's connection when it starts, on the starting thread (a worker that
-    /// serves): opening one (a TLS handshake) takes milliseconds a first job would otherwise
-    /// wait, and a thread still opening one when the process exits could crash it.
+    /// Open each executor's connection when it starts, on the starting thread (the first
+    /// executors of a worker that serves): opening one (a TLS handshake) takes milliseconds a
+    /// first job would otherwise wait, and a thread still opening one when the process exits
+    /// could crash it.
     pub connect_first: bool,
 }
 

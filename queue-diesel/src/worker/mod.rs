@@ -412,6 +412,9 @@ impl Worker {
         for _ in 0..capacity {
             executors.spawn()?;
         }
+        // A replacement started later (for an executor stuck in a job given up on) connects on
+        // its own thread: the dispatcher must not wait for a server that does not answer.
+        executors.connect_first = false;
         let stop_listener = Arc::new(AtomicBool::new(false));
         let mut waker = None;
         let mut listener = None;
