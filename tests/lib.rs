@@ -185,6 +185,7 @@ pub fn claim_any(
         uuids: None,
         funcs: None,
         ignore_eta: false,
+        slots: &[],
     })
     .expect("claim")
 }

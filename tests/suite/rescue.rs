@@ -28,6 +28,7 @@ fn claim_as(t: &TestDb, worker: &str, lease: &str) -> Vec<queue_diesel::store::R
             uuids: None,
             funcs: None,
             ignore_eta: false,
+            slots: &[],
         })
         .expect("claim")
 }

@@ -15,6 +15,7 @@ backend_tests!(
     insert_many_and_count_by_state,
     every_field_survives_both_ways_of_inserting,
     an_insert_that_wakes_notifies_listeners_once_committed,
+    a_head_claim_holds_a_channel_slot_for_its_transaction,
 );
 
 fn new_job(channel: &str, priority: i32, eta_secs: Option<i64>) -> NewJob {
@@ -50,6 +51,7 @@ fn claim(conn: &mut queue_diesel::AnyConnection, limit: i64, channel: Option<&Ch
             uuids: None,
             funcs: Some(&["res.partner.export"]),
             ignore_eta: false,
+            slots: &[],
         })
         .expect("claim");
     let mut jobs: Vec<_> = rows
@@ -215,5 +217,58 @@ fn an_insert_that_wakes_notifies_listeners_once_committed(t: TestDb) {
         conn.job_insert_many(&jobs, wake).expect("insert");
         conn.batch("COMMIT").expect("commit");
         assert_eq!(heard(), usize::from(wake), "{count} job(s), wake: {wake}");
+    }
+}
+
+/// The slots of channels shared by every worker: a batch's claim takes one of each channel's
+/// capacity in its own statement and holds it until its transaction ends (PostgreSQL; SQLite's
+/// single writer needs none and the claim ignores them).
+fn a_head_claim_holds_a_channel_slot_for_its_transaction(t: TestDb) {
+    let mut conn = t.db.conn().expect("conn");
+    conn.job_insert_many(&[new_job("root.x", 10, None), new_job("root.x", 10, None)], false).expect("insert");
+    let filter = ChannelFilter { node: "root".into(), excluded: vec![] };
+    let one = [("root".to_owned(), 1), ("root.x".to_owned(), 5)];
+    let two = [("root".to_owned(), 2), ("root.x".to_owned(), 5)];
+    let params = |slots| ClaimParams {
+        worker_id: "w1",
+        lease_token: "",
+        now: Utc::now(),
+        limit: 1,
+        channel: Some(&filter),
+        uuids: None,
+        funcs: None,
+        ignore_eta: false,
+        slots,
+    };
+    let postgres = t.db.backend() == queue_diesel::Backend::Postgres;
+    let mut other = t.db.conn().expect("a second connection");
+    let begin = if postgres { "BEGIN" } else { "BEGIN IMMEDIATE" };
+    conn.batch(begin).expect("begin");
+    conn.job_claim_head_prepare(&params(&one)).expect("prepare");
+    if postgres {
+        other.batch("BEGIN").expect("begin");
+        assert_eq!(other.job_claim_head(&params(&one)).expect("claim").len(), 1, "preparing took no slot");
+        other.batch("ROLLBACK").expect("rollback");
+    }
+    assert_eq!(conn.job_claim_head(&params(&one)).expect("claim").len(), 1);
+    if postgres {
+        other.batch("BEGIN").expect("begin");
+        assert!(other.job_claim_head(&params(&one)).expect("claim").is_empty(), "root's one slot is taken");
+        assert_eq!(
+            other.job_claim_head(&params(&two)).expect("claim").len(),
+            1,
+            "root's second slot is free"
+        );
+        other.batch("ROLLBACK").expect("rollback");
+    }
+    conn.batch("COMMIT").expect("commit");
+    if postgres {
+        other.batch("BEGIN").expect("begin");
+        assert_eq!(
+            other.job_claim_head(&params(&one)).expect("claim").len(),
+            1,
+            "freed with the transaction"
+        );
+        other.batch("ROLLBACK").expect("rollback");
     }
 }

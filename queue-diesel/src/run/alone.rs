@@ -253,6 +253,7 @@ pub(crate) fn after_commit(db: &Database, conn: &mut AnyConnection, ids: Vec<Job
                 uuids: Some(&uuids),
                 funcs: None,
                 ignore_eta: true,
+                slots: &[],
             });
             let rows = match claimed {
                 Ok(rows) => rows,

@@ -55,6 +55,36 @@ pub(crate) struct BatchTicket {
     pub budget: Duration,
     /// Jobs run so far by a worker that stops when idle: met again, the batch stops.
     pub seen: Option<Arc<Mutex<HashSet<i64>>>>,
+    /// The channel and its configured ancestors with their capacities: the claim takes a slot
+    /// of each, shared with every worker, for the batch's transaction.
+    pub slots: Arc<[(String, usize)]>,
+}
+
+impl BatchTicket {
+    /// The batch's claim: its channel's head, up to its limit, with its channel slots.
+    fn claim(&self, now: DateTime<Utc>) -> ClaimParams<'_> {
+        ClaimParams {
+            worker_id: &self.worker_id,
+            lease_token: "",
+            now,
+            limit: i64::try_from(self.limit).unwrap_or(i64::MAX),
+            channel: Some(&self.channel),
+            uuids: None,
+            funcs: Some(&self.funcs),
+            ignore_eta: false,
+            slots: &self.slots,
+        }
+    }
+}
+
+/// Make `conn` ready to claim batches like `ticket`'s: the claim's statement is prepared, so a
+/// worker's first job after it starts does not wait for it.
+pub(crate) fn prepare_claim(
+    db: &Database,
+    conn: &mut AnyConnection,
+    ticket: &BatchTicket,
+) -> Result<(), Error> {
+    conn.job_claim_head_prepare(&ticket.claim(db.now()))
 }
 
 /// What a batch did.
@@ -133,16 +163,7 @@ pub(crate) fn run(
     let mut claim_took = Duration::ZERO;
     let outcome = in_transaction_on::<_, Abort>(conn, |conn| {
         let at = Instant::now();
-        let rows = conn.job_claim_head(&ClaimParams {
-            worker_id: &ticket.worker_id,
-            lease_token: "",
-            now: started,
-            limit: i64::try_from(ticket.limit).unwrap_or(i64::MAX),
-            channel: Some(&ticket.channel),
-            uuids: None,
-            funcs: Some(&ticket.funcs),
-            ignore_eta: false,
-        })?;
+        let rows = conn.job_claim_head(&ticket.claim(started))?;
         claim_took = at.elapsed();
         report.more = rows.len() >= ticket.limit;
         let iso = Rc::new(Isolation::new(conn.savepoint_budget()));

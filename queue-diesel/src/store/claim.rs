@@ -30,6 +30,16 @@ pub(super) fn head(conn: &mut AnyConnection, params: &ClaimParams<'_>) -> Result
     conn.load_sql(&Sql::select(params, conn.backend()), "claim the head of a channel")
 }
 
+/// The head claim's statement with a limit of zero: the limit is a bound value, so the text is
+/// the one a claim sends; with no row to return, no row is read and the slot gate (which the
+/// plan only evaluates before its first row) takes no lock.
+pub(super) fn prepare_head(conn: &mut AnyConnection, params: &ClaimParams<'_>) -> Result<()> {
+    let params = ClaimParams { limit: 0, ..params.clone() };
+    let rows: Vec<RunRow> = conn.load_sql(&Sql::select(&params, conn.backend()), "prepare a claim")?;
+    debug_assert!(rows.is_empty());
+    Ok(())
+}
+
 pub(super) fn take(conn: &mut AnyConnection, params: &ClaimParams<'_>, ids: &[i64]) -> Result<Vec<RunRow>> {
     if ids.is_empty() {
         return Ok(Vec::new());

@@ -71,6 +71,10 @@ pub trait Store {
     /// lock, taken by `BEGIN IMMEDIATE`, already excludes every other writer). A batch runs
     /// them in this transaction; an alone claim takes the first ones with [`Store::job_take`].
     fn job_claim_head(&mut self, params: &ClaimParams<'_>) -> Result<Vec<RunRow>>;
+    /// Make this connection ready for [`Store::job_claim_head`] with `params`, reading no row
+    /// and taking no lock: the statement is prepared (PostgreSQL also loads the table's
+    /// metadata into the session), so a first claim costs what later ones do.
+    fn job_claim_head_prepare(&mut self, params: &ClaimParams<'_>) -> Result<()>;
     /// Claim for a sequential channel (`params.channel`): only the jobs at the head of its claim
     /// order, and none past a failed job (it blocks the channel until an operator acts) or a job
     /// not due yet. Serialised per channel across workers.
@@ -258,6 +262,10 @@ impl Store for AnyConnection {
 
     fn job_claim_head(&mut self, params: &ClaimParams<'_>) -> Result<Vec<RunRow>> {
         claim::head(self, params)
+    }
+
+    fn job_claim_head_prepare(&mut self, params: &ClaimParams<'_>) -> Result<()> {
+        claim::prepare_head(self, params)
     }
 
     fn job_claim_sequential(&mut self, params: &ClaimParams<'_>) -> Result<Vec<RunRow>> {

@@ -32,6 +32,11 @@ pub struct ClaimParams<'a> {
     pub funcs: Option<&'a [&'a str]>,
     /// Take jobs whose eta has not come yet too (runs after commit, with no worker).
     pub ignore_eta: bool,
+    /// Channels shared by every worker of the database, with their capacity: a claim of the
+    /// head ([`Store::job_claim_head`](super::Store::job_claim_head)) takes one free slot of
+    /// each for its transaction, in the same statement, and claims nothing if one is full
+    /// (PostgreSQL transaction advisory locks; SQLite's single writer needs none).
+    pub slots: &'a [(String, usize)],
 }
 
 /// How a run's job is held while its outcome is stored.

@@ -103,6 +103,11 @@ impl Sql {
         if let Some(funcs) = p.funcs {
             self.push_in("func", funcs.iter().copied());
         }
+        if backend == Backend::Postgres {
+            for (channel, capacity) in p.slots {
+                self.push_slot_gate(channel, *capacity);
+            }
+        }
         // The same expression as the index queue_job_claimable.
         self.push(" ORDER BY priority, COALESCE(expected_at, eta, date_created), id LIMIT ");
         self.bind(Bind::Int(p.limit));
@@ -175,6 +180,22 @@ impl Sql {
         sql.push(" RETURNING id, state, func, channel");
         sql
     }
+
+    /// ` AND` one free slot of `channel`'s `capacity` is now this transaction's (PostgreSQL):
+    /// an uncorrelated `EXISTS`, evaluated once before any row, stops at the first slot whose
+    /// lock it gets. The lock ends with the transaction, so a batch holds its slot exactly as
+    /// long as it runs, and no round trip of its own takes or frees it.
+    #[cfg(feature = "postgres")]
+    fn push_slot_gate(&mut self, channel: &str, capacity: usize) {
+        self.push(" AND EXISTS (SELECT 1 FROM generate_series(0, CAST(");
+        self.bind(Bind::Int(i64::try_from(capacity).unwrap_or(i64::MAX)));
+        self.push(" AS INTEGER) - 1) AS slot WHERE pg_try_advisory_xact_lock(CAST(");
+        self.bind(Bind::Int(i64::from(super::channel_key(channel))));
+        self.push(" AS INTEGER), slot))");
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    fn push_slot_gate(&mut self, _channel: &str, _capacity: usize) {}
 
     /// ` AND column IN (…)` with one bound value each; an empty list matches nothing.
     fn push_in<'v>(&mut self, column: &str, values: impl Iterator<Item = &'v str>) {

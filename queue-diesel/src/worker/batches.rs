@@ -14,7 +14,9 @@ use crate::store::ChannelFilter;
 
 impl Worker {
     /// Hand batches of `filter`'s channel to executors: one while the channel is not known to
-    /// hold more than a batch, then one per free slot while batches come back full.
+    /// hold more than a batch, then one per free slot while batches come back full. The slots
+    /// shared with other workers are not taken here: each batch's claim takes its own, for its
+    /// transaction (no round trip of its own), and finds nothing while they are all taken.
     pub(super) fn start_batches(
         &self,
         filter: &ChannelFilter,
@@ -34,13 +36,8 @@ impl Worker {
         let woken = books.is_none_or(|b| b.started_seq < state.wake_seq);
         let free = state.load.free(channels, node);
         let starts = if full { free } else { usize::from(running == 0 || woken).min(free) };
+        let slots = self.channel_slots(node);
         for _ in 0..starts {
-            let taken = state.slots.acquire(channels, node, 1);
-            if taken.first().is_none_or(|(_, slots)| slots.is_empty()) {
-                break;
-            }
-            let slots: Vec<(String, usize)> =
-                taken.into_iter().filter_map(|(name, slots)| Some((name, *slots.first()?))).collect();
             let books = state.batches.entry(node.clone()).or_default();
             books.running += 1;
             books.full = false;
@@ -51,13 +48,9 @@ impl Worker {
             // more than it ran, plus one to notice when they stop writing.
             let limit = books.savepoint_cap.map_or(by_time, |cap| by_time.min(cap + 1));
             let ticket = BatchTicket {
-                worker_id: Arc::from(self.config.worker_id.as_str()),
-                channel: filter.clone(),
-                funcs: Arc::clone(&state.funcs),
-                alone: Arc::clone(&state.alone),
                 limit: limit.clamp(1, self.config.batch_jobs.max(1)),
-                budget: self.config.batch_time,
                 seen: state.seen.clone(),
+                ..self.batch_ticket(filter, &state.funcs, &state.alone, &slots)
             };
             state.load.start(node);
             state.handed_out = true;
@@ -69,12 +62,47 @@ impl Worker {
                 deadline: None,
                 leased: None,
                 seq: state.wake_seq,
-                slots,
+                slots: Vec::new(),
                 slots_session: state.slots.session,
             };
             state.in_flight.insert(flight, unit);
             jobs.send(Assignment::Batch { flight, ticket, control }).map_err(|_| Error::NoExecutors)?;
         }
         Ok(())
+    }
+
+    /// The channel `node` and its configured ancestors with their capacities: the slots a
+    /// batch's claim takes, shared with every worker.
+    fn channel_slots(&self, node: &str) -> Arc<[(String, usize)]> {
+        self.config.channels.chain(node).map(|c| (c.name.clone(), c.capacity)).collect()
+    }
+
+    fn batch_ticket(
+        &self,
+        filter: &ChannelFilter,
+        funcs: &Arc<Vec<&'static str>>,
+        alone: &Arc<Vec<&'static str>>,
+        slots: &Arc<[(String, usize)]>,
+    ) -> BatchTicket {
+        BatchTicket {
+            worker_id: Arc::from(self.config.worker_id.as_str()),
+            channel: filter.clone(),
+            funcs: Arc::clone(funcs),
+            alone: Arc::clone(alone),
+            limit: self.config.batch_jobs.max(1),
+            budget: self.config.batch_time,
+            seen: None,
+            slots: Arc::clone(slots),
+        }
+    }
+
+    /// A batch claim of each channel, for executors to prepare when they connect.
+    pub(super) fn batch_claims(&self) -> Arc<[BatchTicket]> {
+        let funcs = Arc::new(self.functions.clone());
+        let alone = Arc::new(self.alone.clone());
+        self.channel_filters()
+            .iter()
+            .map(|filter| self.batch_ticket(filter, &funcs, &alone, &self.channel_slots(&filter.node)))
+            .collect()
     }
 }

@@ -245,6 +245,21 @@ impl Dispatch {
 }
 
 impl Worker {
+    /// What each configured channel claims, deepest channels first: a sub-channel with its own
+    /// capacity is not starved by the backlog of its parent.
+    pub(super) fn channel_filters(&self) -> Vec<ChannelFilter> {
+        let channels = &self.config.channels;
+        let mut filters: Vec<ChannelFilter> = channels
+            .channels()
+            .map(|c| ChannelFilter {
+                node: c.name.clone(),
+                excluded: channels.configured_children(&c.name).into_iter().map(str::to_owned).collect(),
+            })
+            .collect();
+        filters.sort_by_key(|f| std::cmp::Reverse(f.node.matches('.').count()));
+        filters
+    }
+
     /// The claim loop, until shutdown, idleness (in `UntilIdle` mode) or a fatal error.
     pub(super) fn dispatch(
         &self,
@@ -255,16 +270,7 @@ impl Worker {
         mode: Mode,
     ) -> Result<()> {
         let channels = &self.config.channels;
-        // Deepest channels first: a sub-channel with its own capacity is not starved by the
-        // backlog of its parent.
-        let mut filters: Vec<ChannelFilter> = channels
-            .channels()
-            .map(|c| ChannelFilter {
-                node: c.name.clone(),
-                excluded: channels.configured_children(&c.name).into_iter().map(str::to_owned).collect(),
-            })
-            .collect();
-        filters.sort_by_key(|f| std::cmp::Reverse(f.node.matches('.').count()));
+        let filters = self.channel_filters();
         let poll = self.poll_interval();
         let mut last_poll = Instant::now();
         let rescuer =
@@ -435,6 +441,7 @@ impl Worker {
             uuids: None,
             funcs: Some(&funcs),
             ignore_eta: false,
+            slots: &[],
         };
         let alone_funcs = Arc::clone(&state.alone);
         let idle = state.in_flight.is_empty();

@@ -58,6 +58,8 @@ pub(super) struct Executors {
     /// first job would otherwise wait, and a thread still opening one when the process exits
     /// could crash it.
     pub connect_first: bool,
+    /// The claims each executor prepares on its connection when it opens it.
+    pub claims: Arc<[BatchTicket]>,
 }
 
 /// An executor's connection, kept between units of work. It is its own, not the pool's: a
@@ -77,7 +79,8 @@ impl Executors {
         let worker_id = Arc::clone(&self.worker_id);
         // Its own slot of the liveness record, held until the thread ends.
         let slot = self.record.as_ref().and_then(|r| r.slot()).map(Arc::new);
-        let opened = if self.connect_first { connect(&self.db) } else { None };
+        let opened = if self.connect_first { connect(&self.db, &self.claims) } else { None };
+        let claims = Arc::clone(&self.claims);
         self.started += 1;
         std::thread::Builder::new()
             .name(format!("queue-exec-{}", self.started))
@@ -87,7 +90,7 @@ impl Executors {
                     let next = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
                     let Ok(assignment) = next else { return };
                     if held.is_none() {
-                        held = connect(&db);
+                        held = connect(&db, &claims);
                     }
                     // The connection is dropped once the work is detached from it: a watcher
                     // may be ending its session until then.
@@ -162,10 +165,15 @@ impl Executors {
     }
 }
 
-/// A connection for jobs, with the session handle a watcher needs to end it.
-fn connect(db: &Database) -> Option<Held> {
+/// A connection for jobs, with the session handle a watcher needs to end it, ready for `claims`.
+fn connect(db: &Database, claims: &[BatchTicket]) -> Option<Held> {
     let opened = crate::store::connect(&db.raw_url(), db.backend()).and_then(|mut conn| {
         conn.session_prepare_for_jobs()?;
+        for ticket in claims {
+            if let Err(e) = batch::prepare_claim(db, &mut conn, ticket) {
+                tracing::warn!(error = %chain(&e), channel = %ticket.channel.node, "cannot prepare a claim");
+            }
+        }
         let session = conn.session().ok();
         Ok(Held { conn, session })
     });

@@ -408,6 +408,7 @@ impl Worker {
             record: Some(record),
             started: 0,
             connect_first: mode == Mode::Serve,
+            claims: self.batch_claims(),
         };
         for _ in 0..capacity {
             executors.spawn()?;

@@ -9,8 +9,9 @@ use crate::database::Database;
 use crate::run::chain;
 use crate::store::Store;
 
-/// The channel slots this worker holds, shared with every worker of the database: PostgreSQL
-/// advisory locks on one connection of its own, which the server frees if this process dies.
+/// The channel slots this worker's jobs run alone hold, shared with every worker of the
+/// database: PostgreSQL advisory locks on one connection of its own, which the server frees if
+/// this process dies. (A batch takes its slots in its own claim, for its transaction.)
 #[derive(Debug)]
 pub(super) struct Slots {
     /// `None` on SQLite (its single writer keeps channels within capacity) or while
