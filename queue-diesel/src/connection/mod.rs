@@ -94,6 +94,13 @@ impl Backend {
         matches!(self, Backend::Sqlite)
     }
 
+    /// Whether other sessions see a transaction's row locks and can step over them
+    /// (`FOR UPDATE SKIP LOCKED`): a worker's running jobs are then known by their locks, which
+    /// end with its session. SQLite has one writer and no row locks.
+    pub fn locks_rows(self) -> bool {
+        matches!(self, Backend::Postgres)
+    }
+
     /// A sentence naming the connection type of this backend, for messages.
     pub fn connection_type(self) -> &'static str {
         match self {

@@ -5,8 +5,6 @@
 
 use std::time::Duration;
 
-#[cfg(feature = "postgres")]
-use diesel::RunQueryDsl;
 use queue_core::JobState;
 
 use crate::connection::AnyConnection;
@@ -26,9 +24,6 @@ const CHUNK: i64 = 5_000;
 /// Most jobs one pass deletes, so that a worker catching up on a long history goes back to its
 /// jobs in between.
 const MAX_PER_PASS: usize = 20_000;
-/// Advisory lock that lets one PostgreSQL worker prune at a time.
-#[cfg(feature = "postgres")]
-const PRUNE_LOCK: i64 = 0x7175_6575_655f_7072; // "queue_pr"
 
 /// How long finished jobs are kept; `None` keeps them forever.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,21 +103,8 @@ impl Pruner {
 /// Delete one chunk in its own transaction; `None` when another PostgreSQL session is pruning.
 fn prune_chunk(conn: &mut AnyConnection, params: &PruneParams<'_>) -> Result<Option<usize>> {
     in_transaction_on::<_, Error>(conn, |conn| {
-        #[cfg(feature = "postgres")]
-        #[allow(irrefutable_let_patterns, reason = "the only variant without the sqlite feature")]
-        if let AnyConnection::Postgres(c) = conn {
-            #[derive(diesel::QueryableByName)]
-            struct Got {
-                #[diesel(sql_type = diesel::sql_types::Bool)]
-                got: bool,
-            }
-            let lock: Got = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS got")
-                .bind::<diesel::sql_types::BigInt, _>(PRUNE_LOCK)
-                .get_result(c)
-                .map_err(Error::query("take the prune lock"))?;
-            if !lock.got {
-                return Ok(None);
-            }
+        if !conn.job_prune_lock()? {
+            return Ok(None);
         }
         conn.job_prune(params).map(Some)
     })

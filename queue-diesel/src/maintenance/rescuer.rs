@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use crate::connection::Backend;
 use crate::database::Database;
 use crate::error::Result;
 use std::path::PathBuf;
@@ -60,13 +59,12 @@ impl Rescuer {
         let mut conn = self.db.conn()?;
         let now = self.db.now();
         let cutoff = now - chrono::TimeDelta::from_std(self.grace).unwrap_or(chrono::TimeDelta::zero());
-        let dead = match self.db.backend() {
-            // Row locks tell the living from the dead.
-            Backend::Postgres => None,
-            Backend::Sqlite => {
-                let workers = conn.job_started_workers(cutoff)?;
-                Some(workers.into_iter().filter(|w| liveness::is_dead(&self.folder, w)).collect::<Vec<_>>())
-            }
+        // Row locks tell the living from the dead; without them, the liveness files do.
+        let dead = if self.db.backend().locks_rows() {
+            None
+        } else {
+            let workers = conn.job_started_workers(cutoff)?;
+            Some(workers.into_iter().filter(|w| liveness::is_dead(&self.folder, w)).collect::<Vec<_>>())
         };
         if dead.as_ref().is_some_and(Vec::is_empty) {
             return Ok(stats);

@@ -7,9 +7,7 @@ use queue_core::JobState;
 
 use super::rows::{HeadRow, RunRow};
 use super::sql::Sql;
-use super::ClaimParams;
-#[cfg(feature = "postgres")]
-use super::channel_key;
+use super::{ClaimParams, TxLock};
 use crate::connection::{AnyConnection, in_transaction_on, with_backend};
 use crate::error::{Error, Result};
 use crate::schema::queue_job;
@@ -56,15 +54,8 @@ pub(super) fn sequential(conn: &mut AnyConnection, p: &ClaimParams<'_>) -> Resul
         return Ok(Vec::new());
     }
     in_transaction_on::<_, Error>(conn, |conn| {
-        #[cfg(feature = "postgres")]
-        #[allow(irrefutable_let_patterns, reason = "the only variant without the sqlite feature")]
-        if let AnyConnection::Postgres(c) = conn {
-            // One sequential claim per channel at a time, across all workers.
-            diesel::sql_query("SELECT pg_advisory_xact_lock($1, -1)")
-                .bind::<diesel::sql_types::Integer, _>(channel_key(&filter.node))
-                .execute(c)
-                .map_err(Error::query("lock a sequential channel"))?;
-        }
+        // One sequential claim per channel at a time, across all workers.
+        conn.transaction_lock(TxLock::Sequential(&filter.node))?;
         let sql = Sql::heads(filter, p.limit + 64);
         let heads: Vec<HeadRow> = conn.load_sql(&sql, "read the head of a sequential channel")?;
         let now = p.now.naive_utc();
@@ -90,21 +81,10 @@ pub(super) fn sequential(conn: &mut AnyConnection, p: &ClaimParams<'_>) -> Resul
         if chosen.is_empty() {
             return Ok(Vec::new());
         }
-        #[cfg(feature = "postgres")]
-        #[allow(irrefutable_let_patterns, reason = "the only variant without the sqlite feature")]
-        if let AnyConnection::Postgres(c) = conn {
-            // A head row locked by another transaction (an operator's change) must not be
-            // skipped: what follows it would run out of order.
-            let locked: Vec<i64> = queue_job::table
-                .filter(queue_job::id.eq_any(&chosen))
-                .select(queue_job::id)
-                .for_update()
-                .skip_locked()
-                .load(c)
-                .map_err(Error::query("lock the head of a sequential channel"))?;
-            if locked.len() < chosen.len() {
-                return Err(Error::Config(SEQUENTIAL_HEAD_BUSY.into()));
-            }
+        // A head row locked by another transaction (an operator's change) must not be skipped:
+        // what follows it would run out of order.
+        if !conn.rows_lock_all(&chosen)? {
+            return Err(Error::Config(SEQUENTIAL_HEAD_BUSY.into()));
         }
         take(conn, p, &chosen)
     })

@@ -137,6 +137,10 @@ pub trait Store {
     /// Delete up to `limit` jobs in one of `states` that finished before `before`, oldest
     /// first, with their dependency links. Returns how many were deleted.
     fn job_prune(&mut self, params: &PruneParams<'_>) -> Result<usize>;
+    /// Take the right to prune for the current transaction: `false` while another session
+    /// holds it (PostgreSQL: a transaction advisory lock, so concurrent workers do not delete
+    /// the same rows; SQLite's single writer already serializes them: always `true`).
+    fn job_prune_lock(&mut self) -> Result<bool>;
     /// Refresh the planner's statistics of the jobs table (PostgreSQL `ANALYZE`; nothing on
     /// SQLite, whose claims name their index).
     fn table_analyze(&mut self) -> Result<()>;
@@ -215,6 +219,8 @@ enum TxLock<'a> {
     ChannelStarts(&'a str),
     /// The workers queueing the ticks of this schedule.
     Schedule(&'a str),
+    /// The claims of this sequential channel.
+    Sequential(&'a str),
 }
 
 impl AnyConnection {
@@ -238,6 +244,19 @@ impl AnyConnection {
             AnyConnection::Sqlite(_) => Ok(()),
             #[cfg(feature = "postgres")]
             AnyConnection::Postgres(c) => postgres::transaction_lock(c, lock),
+        }
+    }
+
+    /// Lock the rows of `ids` for the transaction unless another transaction holds one of
+    /// them (none is waited for): `false` then (PostgreSQL). SQLite's writer already holds
+    /// every row: `true`.
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+    fn rows_lock_all(&mut self, ids: &[i64]) -> Result<bool> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            AnyConnection::Sqlite(_) => Ok(true),
+            #[cfg(feature = "postgres")]
+            AnyConnection::Postgres(c) => postgres::rows_lock_all(c, ids),
         }
     }
 
@@ -367,6 +386,15 @@ impl Store for AnyConnection {
 
     fn job_prune(&mut self, params: &PruneParams<'_>) -> Result<usize> {
         jobs::prune(self, params)
+    }
+
+    fn job_prune_lock(&mut self) -> Result<bool> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            AnyConnection::Sqlite(_) => Ok(true),
+            #[cfg(feature = "postgres")]
+            AnyConnection::Postgres(c) => postgres::prune_lock(c),
+        }
     }
 
     fn table_analyze(&mut self) -> Result<()> {

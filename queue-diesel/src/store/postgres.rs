@@ -138,6 +138,8 @@ const SCHEDULE_LOCK: i32 = 0x7173_6368; // "qsch"
 
 pub(super) fn transaction_lock(c: &mut PgConnection, lock: super::TxLock<'_>) -> Result<()> {
     let (namespace, key, what) = match lock {
+        // Keyed as before the namespaces: workers of both versions keep excluding each other.
+        super::TxLock::Sequential(channel) => (channel_key(channel), -1, "lock a sequential channel"),
         super::TxLock::IdentityKey(key) => (IDENTITY_LOCK, text_key(key), "lock an identity key"),
         super::TxLock::ChannelStarts(channel) => (START_LOCK, super::channel_key(channel), "lock a channel's starts"),
         super::TxLock::Schedule(name) => (SCHEDULE_LOCK, text_key(name), "lock a schedule"),
@@ -148,6 +150,29 @@ pub(super) fn transaction_lock(c: &mut PgConnection, lock: super::TxLock<'_>) ->
         .execute(c)
         .map(|_| ())
         .map_err(Error::query(what))
+}
+
+/// Key of the advisory lock one pruning transaction at a time holds.
+const PRUNE_LOCK: i64 = 0x7175_6575_655f_7072; // "queue_pr"
+
+pub(super) fn prune_lock(c: &mut PgConnection) -> Result<bool> {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>("pg_try_advisory_xact_lock(")
+        .bind::<BigInt, _>(PRUNE_LOCK)
+        .sql(")"))
+    .get_result(c)
+    .map_err(Error::query("take the prune lock"))
+}
+
+pub(super) fn rows_lock_all(c: &mut PgConnection, ids: &[i64]) -> Result<bool> {
+    use crate::schema::queue_job;
+    let locked: Vec<i64> = queue_job::table
+        .filter(queue_job::id.eq_any(ids))
+        .select(queue_job::id)
+        .for_update()
+        .skip_locked()
+        .load(c)
+        .map_err(Error::query("lock the head of a sequential channel"))?;
+    Ok(locked.len() == ids.len())
 }
 
 /// FNV-1a of `text`: the same text always takes the same lock (different texts rarely share one,
