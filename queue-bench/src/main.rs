@@ -7,7 +7,7 @@
 //! of `--jobs`), `latency_p50_ms`,
 //! `latency_p99_ms`, `latency_max_ms` (queued in this process), `latency_remote_p50_ms`,
 //! `latency_remote_p99_ms`, `latency_remote_max_ms` (queued through another database handle, as
-//! from another process; each over `--latency-jobs`, p99 the second-highest of 200), `raw_claim_complete`, `raw_insert_jobs` (the rows `enqueue_bulk`
+//! from another process; each over `--latency-jobs`, p99 the third-highest of 200), `raw_claim_complete`, `raw_insert_jobs` (the rows `enqueue_bulk`
 //! stores, into the queue's table, by hand), `raw_claim_complete_batch`,
 //! `raw_insert_bulk`, `history` (jobs/s unless named `_ms`), `peak_rss_mb`, and
 //! `process_rss_growth_mb` (how much the resident memory grew while workers processed queues).

@@ -20,6 +20,7 @@ backend_tests!(
     a_job_that_ends_its_own_session_still_ends,
     a_hanging_job_frees_its_batch_and_runs_alone,
     one_claim_order_for_every_path,
+    a_worker_that_stops_when_idle_runs_every_path,
 );
 
 /// A file for the "mails" of `send_reminder`, removed when dropped.
@@ -341,4 +342,26 @@ fn one_claim_order_for_every_path(t: TestDb) {
         assert!(wait_for(Duration::from_secs(20), || all_done(&ids)), "all done");
     });
     assert_eq!(started_order(&key), ["warm", "a1", "p2", "a3", "t4", "l5", "p6", "t7", "p8"]);
+}
+
+/// Jobs run alone and batches take turns on a channel of capacity 1: the slot a job run alone
+/// leaves goes to the batch after it, and a worker that stops when idle stops only once all ran.
+fn a_worker_that_stops_when_idle_runs_every_path(t: TestDb) {
+    let key = format!("idle-{}", JobId::new());
+    let ids: Vec<JobId> =
+        t.db.transaction(Context::new(), |_| {
+            let q = |p: i32| Partner::queue().priority(p);
+            let k = || key.clone();
+            Ok::<_, queue_diesel::Error>(vec![
+                q(1).ordered_alone(NoRecords, k(), "a1".into())?.uuid(),
+                q(2).ordered(NoRecords, k(), "p2".into())?.uuid(),
+                q(3).ordered_alone(NoRecords, k(), "a3".into())?.uuid(),
+                q(4).ordered(NoRecords, k(), "p4".into())?.uuid(),
+            ])
+        })
+        .expect("queued");
+    let worker = worker(&t, |c| c.channels = "root:1".parse().expect("channels"));
+    assert_eq!(worker.run_until_idle().expect("ran"), 4);
+    assert!(ids.iter().all(|id| t.db.job(id).is_ok_and(|j| j.state == JobState::Done)), "all done");
+    assert_eq!(started_order(&key), ["a1", "p2", "a3", "p4"]);
 }

@@ -251,14 +251,17 @@ fn a_head_claim_holds_a_channel_slot_for_its_transaction(t: TestDb) {
         other.batch("ROLLBACK").expect("rollback");
     }
     assert_eq!(conn.job_claim_head(&params(&one)).expect("claim").len(), 1);
+    assert!(conn.channel_slots_hold(&one).expect("check"), "its own slots count as free");
     if postgres {
         other.batch("BEGIN").expect("begin");
         assert!(other.job_claim_head(&params(&one)).expect("claim").is_empty(), "root's one slot is taken");
+        assert!(!other.channel_slots_hold(&one).expect("check"), "refused: not an empty channel");
         assert_eq!(
             other.job_claim_head(&params(&two)).expect("claim").len(),
             1,
             "root's second slot is free"
         );
+        assert!(other.channel_slots_hold(&two).expect("check"), "the slots it holds count as free");
         other.batch("ROLLBACK").expect("rollback");
     }
     conn.batch("COMMIT").expect("commit");

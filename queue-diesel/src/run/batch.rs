@@ -92,6 +92,9 @@ pub(crate) fn prepare_claim(
 pub(crate) struct BatchReport {
     /// It left due jobs behind: it found as many as it could take, or stopped early.
     pub more: bool,
+    /// It found nothing because its channel's slots were all taken (by other workers, or by
+    /// jobs of this one still ending): the channel is worth a look again soon.
+    pub refused: bool,
     /// It stopped at a job that runs alone: the channel's head is for an alone claim.
     pub alone_next: bool,
     /// It stopped at a job already run by this worker (one that stops when idle).
@@ -166,6 +169,9 @@ pub(crate) fn run(
         let rows = conn.job_claim_head(&ticket.claim(started))?;
         claim_took = at.elapsed();
         report.more = rows.len() >= ticket.limit;
+        if rows.is_empty() && !ticket.slots.is_empty() {
+            report.refused = !conn.channel_slots_hold(&ticket.slots)?;
+        }
         let iso = Rc::new(Isolation::new(conn.savepoint_budget()));
         let mut books = Books { rows: &rows, done: Vec::new(), queued: Vec::new(), settled: 0 };
         let seen = || ticket.seen.as_ref().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()));

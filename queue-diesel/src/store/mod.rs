@@ -75,6 +75,10 @@ pub trait Store {
     /// and taking no lock: the statement is prepared (PostgreSQL also loads the table's
     /// metadata into the session), so a first claim costs what later ones do.
     fn job_claim_head_prepare(&mut self, params: &ClaimParams<'_>) -> Result<()>;
+    /// Take one free slot of each channel of `slots` (with its capacity) for the current
+    /// transaction, as a head claim does ([`ClaimParams::slots`]): `false` when one has none
+    /// free. Slots the transaction holds already count as free. SQLite: always `true`.
+    fn channel_slots_hold(&mut self, slots: &[(String, usize)]) -> Result<bool>;
     /// Claim for a sequential channel (`params.channel`): only the jobs at the head of its claim
     /// order, and none past a failed job (it blocks the channel until an operator acts) or a job
     /// not due yet. Serialised per channel across workers.
@@ -285,6 +289,16 @@ impl Store for AnyConnection {
 
     fn job_claim_head_prepare(&mut self, params: &ClaimParams<'_>) -> Result<()> {
         claim::prepare_head(self, params)
+    }
+
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+    fn channel_slots_hold(&mut self, slots: &[(String, usize)]) -> Result<bool> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            AnyConnection::Sqlite(_) => Ok(true),
+            #[cfg(feature = "postgres")]
+            AnyConnection::Postgres(c) => postgres::slots_hold(c, slots),
+        }
     }
 
     fn job_claim_sequential(&mut self, params: &ClaimParams<'_>) -> Result<Vec<RunRow>> {

@@ -222,6 +222,18 @@ pub(super) fn slots_acquire(
     Ok(got.into_iter().filter_map(|s| usize::try_from(s.slot).ok()).collect())
 }
 
+#[derive(QueryableByName)]
+struct Held {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    held: bool,
+}
+
+/// Take a slot of each channel for the transaction with the gate a head claim uses.
+pub(super) fn slots_hold(c: &mut PgConnection, slots: &[(String, usize)]) -> Result<bool> {
+    let rows: Vec<Held> = load(c, &Sql::slots_gate(slots)).map_err(Error::query("take channel slots"))?;
+    Ok(rows.first().is_some_and(|r| r.held))
+}
+
 /// Give slots back in one round trip.
 pub(super) fn slots_release(c: &mut PgConnection, channel: &str, slots: &[usize]) -> Result<()> {
     use diesel::sql_types::{Array, Integer};

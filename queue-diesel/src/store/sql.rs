@@ -116,6 +116,18 @@ impl Sql {
         }
     }
 
+    /// `SELECT TRUE AS held` once a slot of each channel of `slots` is the transaction's, no
+    /// row when one is full (PostgreSQL).
+    #[cfg(feature = "postgres")]
+    pub fn slots_gate(slots: &[(String, usize)]) -> Sql {
+        let mut sql = Sql { text: String::with_capacity(256), binds: Vec::new() };
+        sql.push("SELECT TRUE AS held WHERE TRUE");
+        for (channel, capacity) in slots {
+            sql.push_slot_gate(channel, *capacity);
+        }
+        sql
+    }
+
     /// The head of a channel, in claim order: its unfinished jobs (waiting ones aside), for a
     /// sequential claim to walk.
     pub fn heads(filter: &ChannelFilter, limit: i64) -> Sql {

@@ -29,6 +29,9 @@ impl Worker {
             return Ok(());
         }
         let books = state.batches.get(node);
+        if books.and_then(|b| b.refused_until).is_some_and(|at| at > std::time::Instant::now()) {
+            return Ok(());
+        }
         let running = books.map_or(0, |b| b.running);
         let full = books.is_some_and(|b| b.full);
         // A wake-up since the last batch began: the running batches may have claimed before the
@@ -37,6 +40,11 @@ impl Worker {
         let free = state.load.free(channels, node);
         let starts = if full { free } else { usize::from(running == 0 || woken).min(free) };
         let slots = self.channel_slots(node);
+        if starts > 0 {
+            // Slots kept for jobs run alone go back first: held on the dispatcher's connection,
+            // they would refuse this worker's own batch.
+            state.slots.flush();
+        }
         for _ in 0..starts {
             let books = state.batches.entry(node.clone()).or_default();
             books.running += 1;
@@ -71,6 +79,14 @@ impl Worker {
         Ok(())
     }
 
+    /// Whether jobs of channel `node` run in batches: not on a sequential channel (one job at a
+    /// time, in strict order) nor a throttled or rate-limited one (each start is counted), nor
+    /// when batches are off.
+    pub(super) fn runs_batches(&self, node: &str) -> bool {
+        let channels = &self.config.channels;
+        !channels.is_sequential(node) && !channels.limits(node).any() && self.config.batch_jobs > 0
+    }
+
     /// The channel `node` and its configured ancestors with their capacities: the slots a
     /// batch's claim takes, shared with every worker.
     fn channel_slots(&self, node: &str) -> Arc<[(String, usize)]> {
@@ -102,6 +118,7 @@ impl Worker {
         let alone = Arc::new(self.alone.clone());
         self.channel_filters()
             .iter()
+            .filter(|filter| self.runs_batches(&filter.node))
             .map(|filter| self.batch_ticket(filter, &funcs, &alone, &self.channel_slots(&filter.node)))
             .collect()
     }

@@ -28,6 +28,8 @@ use crate::store::{ChannelFilter, ClaimParams, RunRow, Store};
 
 /// How often a worker with a throttled or rate-limited channel tries to start its next job.
 const LIMIT_RECHECK: Duration = Duration::from_millis(50);
+/// How long a channel whose shared slots were all taken waits before a batch looks again.
+const SLOTS_RECHECK: Duration = Duration::from_millis(50);
 /// How often a worker names the functions of pending jobs it cannot run.
 const UNKNOWN_FUNCTIONS_INTERVAL: Duration = Duration::from_secs(600);
 /// Longest pause after a failed claim (database down): doubles from 100 ms up to this.
@@ -73,6 +75,9 @@ pub(super) struct BatchBooks {
     pub(super) savepoint_cap: Option<usize>,
     /// The wake-up count when the latest batch began.
     pub(super) started_seq: u64,
+    /// The latest batch found the channel's shared slots all taken: no batch starts before
+    /// this, and then one looks again.
+    pub(super) refused_until: Option<Instant>,
 }
 
 /// The dispatcher's books.
@@ -197,6 +202,7 @@ impl Dispatch {
         }
         let books = self.batches.entry(node.clone()).or_default();
         books.full = report.more;
+        books.refused_until = report.refused.then(|| Instant::now() + SLOTS_RECHECK);
         if let Some(per_job) = report.per_job {
             books.per_job = Some(books.per_job.map_or(per_job, |old| (old + per_job) / 2));
         }
@@ -211,8 +217,13 @@ impl Dispatch {
         }
         // Dry, unless a wake-up came after it began (its jobs may have committed after its
         // claim), another batch still runs (it may hold the rows), or it stopped early.
+        // Refused its slots: not dry, looked at again after a while.
         let dry = report.repeated
-            || (!report.more && !report.alone_next && books.running == 0 && seq == self.wake_seq);
+            || (!report.more
+                && !report.alone_next
+                && !report.refused
+                && books.running == 0
+                && seq == self.wake_seq);
         if dry {
             self.dry.insert((node, true));
         }
@@ -231,6 +242,17 @@ impl Dispatch {
             alone.push(name);
             self.alone = Arc::new(alone);
         }
+    }
+
+    /// How long until a channel refused its shared slots is worth a batch again.
+    pub(super) fn until_slots_recheck(&self) -> Duration {
+        let now = Instant::now();
+        self.batches
+            .values()
+            .filter_map(|b| b.refused_until)
+            .map(|at| at.saturating_duration_since(now))
+            .min()
+            .unwrap_or(Duration::MAX)
     }
 
     /// The dispatcher's connection, opened when needed.
@@ -328,7 +350,9 @@ impl Worker {
             }
             // Slots of finished work that no channel reused go back to the other workers.
             state.slots.flush();
-            if mode == Mode::UntilIdle && !failed && !state.handed_out && state.in_flight.is_empty() {
+            // Idle, unless a channel waits for shared slots other workers hold: its jobs are due.
+            let waiting = state.until_slots_recheck() < Duration::MAX;
+            if mode == Mode::UntilIdle && !failed && !state.handed_out && state.in_flight.is_empty() && !waiting {
                 return Ok(());
             }
             let wait = if failed {
@@ -339,7 +363,7 @@ impl Worker {
                 backoff = Duration::from_millis(100);
                 let until_poll = poll.saturating_sub(last_poll.elapsed());
                 let watch = self.watch_interval(state);
-                until_poll.min(watch).min(pauses.until_refresh()).min(recheck)
+                until_poll.min(watch).min(pauses.until_refresh()).min(recheck).min(state.until_slots_recheck())
             };
             match events.recv_timeout(wait) {
                 Ok(event) => {
@@ -375,9 +399,7 @@ impl Worker {
             return Ok(());
         }
         let sequential = self.config.channels.is_sequential(node);
-        // A throttled or rate-limited channel's jobs start one claim at a time, each counted.
-        let limited = self.config.channels.limits(node).any();
-        let batches = !sequential && !limited && self.config.batch_jobs > 0;
+        let batches = self.runs_batches(node);
         if !batches || state.head_alone.contains(node) {
             self.claim_alone(filter, sequential, !batches, state, jobs)?;
         }

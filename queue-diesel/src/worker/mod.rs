@@ -3,11 +3,12 @@
 //!
 //! One dispatcher thread hands out work ([`dispatch`]); `root`'s capacity of executor threads run
 //! it ([`executors`]). The dispatcher counts what runs per configured channel and hands out no
-//! more than a channel's free slots, held across workers ([`slots`]). A unit of work is either a
-//! **batch** (most jobs; see [`crate::run::batch`]), which takes one slot since its jobs run one
-//! at a time, or a **job run alone** (see [`crate::run::alone`]): jobs of isolated functions, of
-//! functions with a timeout or seen running long, of sequential channels, and jobs marked to run
-//! alone. Both take the jobs at the head of a channel, so one claim order holds for every path.
+//! more than a channel's free slots. A unit of work is either a **batch** (most jobs; see
+//! [`crate::run::batch`]), which takes one slot since its jobs run one at a time (its claim takes
+//! it, for the batch's transaction, from the slots all workers share), or a **job run alone**
+//! (see [`crate::run::alone`]; the dispatcher holds its shared slots, [`slots`]): jobs of
+//! isolated functions, of functions with a timeout or seen running long, of sequential
+//! channels, and jobs marked to run alone. Both take the jobs at the head of a channel, so one claim order holds for every path.
 //! The dispatcher also watches what runs ([`watch`]): timeouts, the hang limit, the graceful stop.
 
 mod batches;
